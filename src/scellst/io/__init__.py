@@ -1,5 +1,14 @@
 """Readers for H&E + spatial transcriptomics data, and the physical scale of images."""
 
+from ._hest import read_hest
+from ._image import read_image
 from ._scale import microns_per_pixel, set_microns_per_pixel
+from ._visium import read_visium
 
-__all__ = ["microns_per_pixel", "set_microns_per_pixel"]
+__all__ = [
+    "microns_per_pixel",
+    "read_hest",
+    "read_image",
+    "read_visium",
+    "set_microns_per_pixel",
+]

@@ -1,0 +1,87 @@
+"""Cut an image into overlapping tiles, and run a function on each with bounded memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile: its ``core`` partitions the image, its extended window adds ``margin`` around it.
+
+    An object is owned by the one tile whose core contains its centroid; the margin (larger than
+    the largest object) makes sure such an object lies whole inside the extended window.
+    """
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int  # core, half-open
+    wy0: int
+    wy1: int
+    wx0: int
+    wx1: int  # extended window, clipped to the image
+
+    def owns(self, y, x):
+        """Boolean mask: which points (image pixel coordinates) fall in this tile's core."""
+        return (y >= self.y0) & (y < self.y1) & (x >= self.x0) & (x < self.x1)
+
+
+def tile_grid(shape_yx: tuple[int, int], tile_size: int, margin: int) -> list[Tile]:
+    if tile_size <= 0 or margin < 0:
+        raise ValueError(f"tile_size must be > 0 and margin >= 0, got {tile_size}, {margin}.")
+    h, w = shape_yx
+    tiles = []
+    for y0 in range(0, h, tile_size):
+        for x0 in range(0, w, tile_size):
+            y1, x1 = min(y0 + tile_size, h), min(x0 + tile_size, w)
+            tiles.append(
+                Tile(
+                    y0, y1, x0, x1,
+                    max(0, y0 - margin), min(h, y1 + margin),
+                    max(0, x0 - margin), min(w, x1 + margin),
+                )
+            )  # fmt: skip
+    return tiles
+
+
+def map_tiles(
+    fn: Callable[[Tile], T],
+    tiles: list[Tile],
+    *,
+    n_jobs: int | None = None,
+    desc: str = "tiles",
+    progress: bool = True,
+) -> Iterator[T]:
+    """Apply ``fn`` to each tile in threads (NumPy/OpenCV/scikit-image release the GIL), in order.
+
+    At most ``2 * n_jobs`` tiles are in flight, so memory is bounded by the tile size.
+    """
+    n_jobs = n_jobs or min(len(tiles), os.cpu_count() or 1) or 1
+    bar = tqdm(total=len(tiles), desc=desc, disable=not progress, unit="tile")
+    try:
+        if n_jobs == 1:
+            for t in tiles:
+                yield fn(t)
+                bar.update()
+            return
+        with ThreadPoolExecutor(n_jobs) as pool:
+            pending = []
+            for t in tiles:
+                pending.append(pool.submit(fn, t))
+                if len(pending) >= 2 * n_jobs:
+                    yield pending.pop(0).result()
+                    bar.update()
+            for fut in pending:
+                yield fut.result()
+                bar.update()
+    finally:
+        bar.close()

@@ -1,0 +1,207 @@
+"""``sst.pp.segment``: nuclei of the H&E as polygons, tile by tile."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+import shapely
+from spatialdata import SpatialData
+
+from .._sdata import (
+    apply_matrix,
+    element_to_image_matrix,
+    image_key as resolve_image_key,
+    image_level0,
+    image_levels,
+    read_rgb,
+)
+from ..constants import CELLS_KEY, cells_table_key
+from ..io._scale import microns_per_pixel
+from ._cells import check_free, write_cells
+from ._polygons import owned_nuclei
+from ._stains import optical_density
+from ._tiles import Tile, map_tiles, tile_grid
+from ._watershed import WatershedParams, WatershedSegmenter
+
+log = logging.getLogger(__name__)
+
+SegmentFn = Callable[[np.ndarray, float], np.ndarray]
+
+
+def segment(
+    sdata: SpatialData,
+    image_key: str | None = None,
+    *,
+    method: str | SegmentFn = "watershed",
+    shapes_key: str | None = None,
+    key_added: str = CELLS_KEY,
+    params: dict | None = None,
+    tile_size: int = 2048,
+    margin_um: float | None = None,
+    n_jobs: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> None:
+    """Segment the nuclei of an H&E image into polygons.
+
+    The image is processed tile by tile (tiles overlap by a margin wider than the largest
+    nucleus); each nucleus is kept by the one tile whose core contains its centroid, so nuclei on
+    tile seams are neither cut nor duplicated, and memory is bounded by the tile size.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with an H&E image whose scale is known (see :func:`scellst.io.microns_per_pixel`).
+    image_key
+        The image; may be omitted when there is one.
+    method
+        ``"watershed"``: weight-free classical segmentation (hematoxylin colour deconvolution,
+        top-hat, slide-wide Otsu threshold, distance-transform watershed; sizes in µm). Or a callable
+        ``f(rgb_tile, microns_per_pixel) -> labels`` returning an integer label image of the tile
+        (0 = background), run with the same tiling and stitching.
+    shapes_key
+        Instead of segmenting, adopt the nuclei of an existing shapes element (e.g. Xenium nucleus
+        boundaries or imported CellViT polygons). They are copied into ``key_added`` in the
+        image's pixel frame; the original element is left untouched.
+    key_added
+        Name of the new shapes element; its table is ``f"{key_added}_table"``.
+    params
+        Overrides of :class:`~scellst.pp.WatershedParams` (sizes in µm), e.g.
+        ``{"min_area_um2": 10, "threshold": 0.3}``.
+    tile_size
+        Tile side in pixels (memory per worker is a few times ``(tile_size + 2 margin)² × 3`` bytes).
+    margin_um
+        Tile overlap in µm. Default: the largest nucleus diameter plus the background context.
+    n_jobs
+        Worker threads (default: all cores).
+    progress
+        Show a progress bar.
+    overwrite
+        Replace existing elements named ``key_added`` / ``f"{key_added}_table"``.
+
+    Returns
+    -------
+    ``None``. Adds the polygons ``sdata[key_added]`` (one per nucleus, image pixel coordinates,
+    with the image's transformations) and the table ``sdata[f"{key_added}_table"]`` with
+    ``obs``: ``cell_id``, ``area_um2``, ``mean_hematoxylin``; ``obsm["spatial"]``: centroids (x, y)
+    in pixels; ``uns["scellst"]["segmentation"]``: method and parameters.
+
+    Examples
+    --------
+    >>> sdata = sst.datasets.synthetic(seed=0)
+    >>> sst.pp.segment(sdata)
+    >>> sdata["sst_cells"].head()
+    """
+    key = resolve_image_key(sdata, image_key)
+    mpp = microns_per_pixel(sdata, key)
+    check_free(sdata, [key_added, cells_table_key(key_added)], overwrite)
+    if shapes_key is not None:
+        geometry, obs_extra, info = _adopt_shapes(sdata, shapes_key, key)
+    else:
+        geometry, obs_extra, info = _segment_image(
+            sdata, key, mpp, method, params or {}, tile_size, margin_um, n_jobs, progress
+        )
+    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if len(geometry) else np.empty((0, 2))
+    area_px = obs_extra.pop("area_px", None)
+    if area_px is None:
+        area_px = shapely.area(geometry)
+    info.update(image_key=key, microns_per_pixel=mpp, n_cells=len(geometry))
+    write_cells(
+        sdata,
+        key_added=key_added,
+        image_key=key,
+        geometry=geometry,
+        centroids_xy=centroids,
+        obs={"area_um2": np.asarray(area_px, dtype=float) * mpp**2, **obs_extra},
+        uns={"segmentation": info},
+        overwrite=overwrite,
+    )
+    log.info("segment: %d nuclei written to %r", len(geometry), key_added)
+
+
+def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs, progress):
+    img = image_level0(sdata, key)
+    shape = (int(img.sizes["y"]), int(img.sizes["x"]))
+    if isinstance(method, str):
+        if method != "watershed":
+            raise ValueError(
+                f"Unknown segmentation method {method!r}: use 'watershed', a callable "
+                "f(rgb_tile, microns_per_pixel) -> labels, or shapes_key=<existing shapes>."
+            )
+        unknown = set(params) - set(WatershedParams.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"Unknown watershed parameters {sorted(unknown)}; valid ones are "
+                f"{sorted(WatershedParams.__dataclass_fields__)}."
+            )
+        segmenter = WatershedSegmenter(WatershedParams(**params))
+        p = segmenter.params
+        margin_um = margin_um or segmenter.max_diameter_um + 2 * p.background_radius_um
+        threshold = segmenter.fit_threshold(_threshold_samples(sdata, key, tile_size, p.tissue_od), mpp)
+        info = {"method": "watershed", "params": segmenter.params.to_dict()}
+        if threshold is None:
+            log.warning("segment: no tissue found in image %r; no nuclei written.", key)
+            return np.empty(0, dtype=object), {"mean_hematoxylin": np.empty(0)}, info
+        fn: SegmentFn = segmenter
+    elif callable(method):
+        fn = method
+        margin_um = margin_um or 30.0
+        info = {"method": getattr(method, "__name__", type(method).__name__), "params": dict(params)}
+    else:
+        raise TypeError(f"`method` must be 'watershed' or a callable, got {type(method).__name__}.")
+    margin = int(math.ceil(margin_um / mpp))
+    info.update(tile_size=tile_size, margin_px=margin)
+
+    def run(tile: Tile) -> dict[str, np.ndarray]:
+        rgb = read_rgb(img, tile.wy0, tile.wy1, tile.wx0, tile.wx1)
+        return owned_nuclei(fn(rgb, mpp), rgb, tile)
+
+    parts = list(map_tiles(run, tile_grid(shape, tile_size, margin), n_jobs=n_jobs, desc="segment", progress=progress))
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    geometry = merged.pop("geometry")
+    merged.pop("x"), merged.pop("y")
+    return geometry, merged, info
+
+
+def _threshold_samples(sdata, key, tile_size, tissue_od, n_samples=6, size=1024) -> list[np.ndarray]:
+    """Full-resolution windows from the most tissue-rich areas (found on the coarsest level)."""
+    levels = image_levels(sdata, key)
+    full, coarse = levels[0], levels[-1]
+    H, W = int(full.sizes["y"]), int(full.sizes["x"])
+    step = 1
+    if len(levels) == 1 and max(H, W) > 4096:  # single-scale large image: strided preview
+        step = int(math.ceil(max(H, W) / 2048))
+    low = read_rgb(coarse, 0, None, 0, None) if step == 1 else np.moveaxis(
+        np.asarray(coarse.data[:, ::step, ::step]), 0, -1
+    )[..., :3]
+    fy, fx = H / low.shape[0], W / low.shape[1]
+    tissue = optical_density(low.astype(np.uint8)).sum(-1) > tissue_od
+    if not tissue.any():
+        return []
+    size = min(size, H, W)
+    grid = tile_grid((H, W), size, 0)
+    frac = [tissue[int(t.y0 / fy) : max(int(t.y1 / fy), int(t.y0 / fy) + 1), int(t.x0 / fx) : max(int(t.x1 / fx), int(t.x0 / fx) + 1)].mean() for t in grid]
+    best = [grid[i] for i in np.argsort(frac)[::-1][:n_samples] if frac[i] > 0]
+    return [read_rgb(full, t.y0, t.y1, t.x0, t.x1) for t in best]
+
+
+def _adopt_shapes(sdata: SpatialData, shapes_key: str, image: str):
+    """Copy an existing nuclei element into the image's pixel frame."""
+    if shapes_key not in sdata.shapes:
+        raise KeyError(f"No shapes element {shapes_key!r}; the shapes are {list(sdata.shapes)}.")
+    gdf = sdata.shapes[shapes_key]
+    geoms = gdf.geometry.to_numpy()
+    if "radius" in gdf.columns:  # circles (points with a radius), e.g. Xenium cell circles
+        geoms = shapely.buffer(geoms, gdf["radius"].to_numpy())
+    parts = shapely.get_parts(geoms, return_index=True)
+    # MultiPolygons: keep the largest part of each nucleus
+    order = np.lexsort((-shapely.area(parts[0]), parts[1]))
+    first = np.unique(parts[1][order], return_index=True)[1]
+    geoms = parts[0][order][first]
+    matrix = element_to_image_matrix(sdata, shapes_key, image)
+    geoms = shapely.transform(geoms, lambda xy: apply_matrix(matrix, xy))
+    info = {"method": "shapes", "shapes_key": shapes_key, "n_input": len(gdf)}
+    return geoms, {}, info

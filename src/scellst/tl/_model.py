@@ -1,0 +1,126 @@
+"""``MILModel``: the trained per-cell expression model, with save/load from a local directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..nn import CellMLP
+
+_CONFIG = "config.json"
+_WEIGHTS = "weights.pt"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class MILModel:
+    """A per-cell MLP trained from spot-level expression (multiple-instance learning).
+
+    Predictions (:meth:`predict_cells`) are per cell, in log-normalised units
+    (``log1p`` of expression normalised to 10,000 counts), and with a count loss also as expected
+    counts at the training slides' median spot depth.
+
+    Use :func:`scellst.tl.fit` to train one; :meth:`save` / :meth:`load` to keep it.
+    """
+
+    def __init__(self, config: dict, module: CellMLP, log_theta: torch.Tensor | None = None):
+        self.config = config
+        self.module = module
+        self.log_theta = log_theta
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+        self.device = torch.device("cpu")
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: dict) -> MILModel:
+        module = CellMLP(
+            config["n_features"],
+            len(config["genes"]),
+            hidden=config["hidden"],
+            dropout=config["dropout"],
+            output="softplus" if config["loss"] == "mse" else "exp",
+        )
+        log_theta = torch.zeros(len(config["genes"])) if config["loss"] == "nb" else None
+        return cls(config, module, log_theta)
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.config["genes"])
+
+    def to(self, device: str | torch.device | None) -> MILModel:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.module.to(self.device)
+        if self.log_theta is not None:
+            self.log_theta = self.log_theta.to(self.device).detach().requires_grad_(True)
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"MILModel(genes={len(c['genes'])}, features={c['n_features']} [{c['encoder']}], "
+            f"loss={c['loss']!r}, aggregation={c['aggregation']!r}, "
+            f"epochs={len(self.history['train_loss'])})"
+        )
+
+    # ---- prediction -------------------------------------------------------------------------
+    @torch.no_grad()
+    def cell_outputs(self, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Raw network outputs for each cell (training units)."""
+        self.module.eval()
+        out = []
+        for start in range(0, len(features), batch_size):
+            x = torch.as_tensor(features[start : start + batch_size], dtype=torch.float32, device=self.device)
+            out.append(self.module(x).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
+
+    def predict_cells(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-cell predictions: ``{"log_normalized": ..., "counts": ...}`` (counts for count losses)."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.config["n_features"]:
+            raise ValueError(
+                f"The model expects {self.config['n_features']} features per cell "
+                f"({self.config['encoder']!r} embedding) but got shape {features.shape}. Embed the "
+                "slide with the same encoder as the training slides."
+            )
+        raw = self.cell_outputs(features)
+        if self.config["loss"] == "mse":
+            return {"log_normalized": raw * np.asarray(self.config["target_scale"], np.float32)}
+        depth = float(self.config["median_total_counts"])
+        return {"log_normalized": np.log1p(raw * (1e4 / depth)).astype(np.float32), "counts": raw}
+
+    # ---- persistence ------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write ``config.json`` and ``weights.pt`` into directory ``path``."""
+        path = Path(path)
+        if (path / _CONFIG).exists() and not overwrite:
+            raise FileExistsError(f"{path} already holds a model; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"module": {k: v.cpu() for k, v in self.module.state_dict().items()}}
+        if self.log_theta is not None:
+            state["log_theta"] = self.log_theta.detach().cpu()
+        torch.save(state, path / _WEIGHTS)
+        payload = {"config": self.config, "history": self.history, "scellst_version": __version__}
+        (path / _CONFIG).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = "cpu") -> MILModel:
+        """Load a model written by :meth:`save` (CPU by default; ``device=None`` picks the GPU)."""
+        path = Path(path)
+        if not (path / _CONFIG).is_file() or not (path / _WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"No scellst model in {path}: expected {_CONFIG} and {_WEIGHTS} written by MILModel.save."
+            )
+        payload = json.loads((path / _CONFIG).read_text())
+        model = cls.build(payload["config"])
+        state = torch.load(path / _WEIGHTS, map_location="cpu", weights_only=True)
+        model.module.load_state_dict(state["module"])
+        if "log_theta" in state:
+            model.log_theta = state["log_theta"]
+        model.history = payload.get("history", model.history)
+        return model.to(device)

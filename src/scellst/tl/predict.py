@@ -1,0 +1,91 @@
+"""``sst.tl.predict``: a cells x genes expression table for every cell of a slide."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from spatialdata import SpatialData
+
+from .._sdata import add_element
+from ..constants import EMBEDDING_KEY, EMBEDDING_OBSM, EXPRESSION_KEY, UNS_KEY, check_key
+from ._model import MILModel
+from ._tables import cells_table, result_table
+
+log = logging.getLogger(__name__)
+
+
+def predict(
+    sdata: SpatialData,
+    model: MILModel,
+    *,
+    embedding_key: str = EMBEDDING_KEY,
+    key_added: str = EXPRESSION_KEY,
+    overwrite: bool = False,
+) -> None:
+    """Predict the expression of every cell of a slide (with or without spots).
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with segmented, embedded cells (:func:`scellst.pp.segment`,
+        :func:`scellst.tl.embed` with the encoder used for training). Spots are not needed.
+    model
+        A model from :func:`scellst.tl.fit` or :meth:`MILModel.load`.
+    embedding_key
+        The embedding table.
+    key_added
+        Name of the new table.
+    overwrite
+        Replace an existing table ``key_added``.
+
+    Returns
+    -------
+    ``None``. Adds table ``sdata[key_added]``: cells × model genes, ``X`` = predicted
+    log-normalised expression (``log1p`` of counts per 10,000), ``layers["counts"]`` = expected
+    counts at the training median depth (count losses only), ``obs`` = the cells' ids, area and
+    spot assignment, ``obsm["spatial"]`` = centroids; linked to the cell shapes, ready for
+    ``scanpy.pp.neighbors`` and ``squidpy.gr.spatial_neighbors``.
+
+    Examples
+    --------
+    >>> sst.tl.predict(sdata, model)
+    >>> sc.pp.neighbors(sdata["sst_expression"])
+    """
+    check_key(key_added, "key_added")
+    if not isinstance(model, MILModel):
+        raise TypeError(f"`model` must be a MILModel from sst.tl.fit or MILModel.load, got {type(model).__name__}.")
+    if key_added in sdata and not overwrite:
+        raise KeyError(
+            f"The SpatialData object already has an element named {key_added!r}. Pass "
+            "`overwrite=True` to replace it, or choose another name with `key_added`."
+        )
+    if embedding_key not in sdata.tables:
+        raise KeyError(f"No embedding table {embedding_key!r}: run `sst.tl.embed(sdata)` first.")
+    emb = sdata.tables[embedding_key]
+    info = emb.uns.get(UNS_KEY, {}).get("embedding", {})
+    encoder = info.get("encoder")
+    if encoder is not None and encoder != model.config["encoder"]:
+        raise ValueError(
+            f"The model was trained on {model.config['encoder']!r} embeddings but {embedding_key!r} "
+            f"holds {encoder!r} ones; embed this slide with the training encoder."
+        )
+    cells_key = info.get("cells_key")
+    cells = cells_table(sdata, cells_key) if cells_key else emb
+    pred = model.predict_cells(np.asarray(emb.obsm[EMBEDDING_OBSM]))
+    layers = {"counts": pred["counts"]} if "counts" in pred else {}
+    uns = {
+        UNS_KEY: {
+            "prediction": {
+                "units": "log1p(counts per 10,000)",
+                "loss": model.config["loss"],
+                "aggregation": model.config["aggregation"],
+                "encoder": model.config["encoder"],
+                "embedding_key": embedding_key,
+                "cells_key": cells_key,
+            }
+        }
+    }
+    table = result_table(cells, cells_key, X=pred["log_normalized"], var_names=model.genes, layers=layers, uns=uns)
+    add_element(sdata, key_added, table, overwrite=overwrite)
+    log.info("predict: %d cells x %d genes written to %r", table.n_obs, table.n_vars, key_added)

@@ -1,0 +1,398 @@
+"""Tests of the readers in ``sst.io``: HEST-1k folders, Visium outputs and H&E-only slides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask.array as da
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import spatialdata
+import tifffile
+from PIL import Image
+from spatialdata.transformations import Identity, get_transformation
+
+import scellst as sst
+from scellst._sdata import image_key as resolve_image_key
+from scellst._sdata import image_level0, image_levels, table_for_element, table_link
+from scellst.constants import (
+    IMAGE_KEY,
+    MICRONS_CS,
+    REGION_KEY,
+    SPATIAL_OBSM,
+    SPOT_ID,
+    SPOTS_KEY,
+    SPOTS_TABLE_KEY,
+    UNS_KEY,
+)
+from scellst.io._scale import element_microns_per_unit
+
+SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+HER2ST = SHARED / "her2st"
+SVS = SHARED / "he_small" / "cmu_small_region.svs"
+
+needs_her2st = pytest.mark.skipif(
+    not (HER2ST / "st" / "C2.h5ad").exists(),
+    reason=f"shared her2st data not found at {HER2ST} (checked out next to the repo in CI)",
+)
+needs_svs = pytest.mark.skipif(
+    not SVS.exists(), reason=f"shared H&E region not found at {SVS} (next to the repo in CI)"
+)
+
+
+def _assert_lazy(arr: da.Array) -> None:
+    """The dask graph holds no decoded image: no in-memory array larger than a few tiles."""
+    assert isinstance(arr, da.Array)
+    for value in dict(arr.__dask_graph__()).values():
+        if isinstance(value, np.ndarray):
+            assert value.nbytes < 4 * 2**20
+
+
+# --- HEST -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hest_c2():
+    return sst.io.read_hest(HER2ST, "C2")
+
+
+@needs_her2st
+def test_read_hest_elements_and_links(hest_c2):
+    sdata = hest_c2
+    assert set(sdata.images) == {IMAGE_KEY}
+    assert set(sdata.shapes) == {SPOTS_KEY}
+    assert set(sdata.tables) == {SPOTS_TABLE_KEY}
+    assert table_for_element(sdata, SPOTS_KEY) == SPOTS_TABLE_KEY
+    assert table_link(sdata[SPOTS_TABLE_KEY]) == (REGION_KEY, SPOT_ID)
+
+    # image: (c, y, x) uint8 RGB, multiscale, lazy
+    assert image_level0(sdata, IMAGE_KEY).shape == (3, 9911, 9274)
+    levels = image_levels(sdata, IMAGE_KEY)
+    assert len(levels) > 1 and max(levels[-1].shape[1:]) < 1000
+    for level in levels:
+        assert level.dtype == np.uint8
+        assert list(level.coords["c"].values) == ["r", "g", "b"]
+    _assert_lazy(image_level0(sdata, IMAGE_KEY).data)
+    assert image_level0(sdata, IMAGE_KEY).data.chunksize == (3, 2048, 2048)
+
+    # scale
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.688, abs=1e-3)
+    assert element_microns_per_unit(sdata, SPOTS_KEY) == pytest.approx(0.688, abs=1e-3)
+    for key in (IMAGE_KEY, SPOTS_KEY):
+        ts = get_transformation(sdata[key], get_all=True)
+        assert set(ts) == {"C2", MICRONS_CS}
+        assert isinstance(ts["C2"], Identity)
+
+    # spots: 187 circles of 100 µm, int index 0..n-1
+    spots = sdata[SPOTS_KEY]
+    assert len(spots) == 187
+    assert list(spots.index) == list(range(187))
+    radius_um = spots["radius"].to_numpy() * sst.io.microns_per_pixel(sdata)
+    np.testing.assert_allclose(radius_um, 50.0)
+
+    # table
+    table = sdata[SPOTS_TABLE_KEY]
+    assert table.n_obs == 187 and table.var_names.is_unique
+    assert sp.issparse(table.X) and table.X.format == "csr"
+    np.testing.assert_array_equal(table.X.data, np.round(table.X.data))
+    assert table.obs_names[0] == "10x21"
+    np.testing.assert_array_equal(table.obs[SPOT_ID], np.arange(187))
+    assert isinstance(table.obs[REGION_KEY].dtype, pd.CategoricalDtype)
+    assert set(table.obs[REGION_KEY]) == {SPOTS_KEY}
+    xy = np.column_stack([spots.geometry.x, spots.geometry.y])
+    np.testing.assert_allclose(table.obsm[SPATIAL_OBSM], xy)
+    assert table.uns[UNS_KEY]["reader"] == "read_hest"
+    assert table.uns[UNS_KEY]["sample_id"] == "C2"
+    assert table.uns[UNS_KEY]["spot_diameter_um"] == 100.0
+
+    # spot centres sit on the image
+    h, w = image_level0(sdata, IMAGE_KEY).shape[1:]
+    assert (xy >= 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] < h).all()
+
+
+@needs_her2st
+def test_read_hest_zarr_round_trip(hest_c2, tmp_path):
+    from spatialdata.models import Image2DModel
+
+    # keep it light: spots, table and a small crop of the slide with the same transformations
+    small = hest_c2.subset([SPOTS_KEY, SPOTS_TABLE_KEY])
+    crop = image_level0(hest_c2, IMAGE_KEY)[:, 4000:4256, 3000:3300]
+    small.images["crop"] = Image2DModel.parse(
+        crop.data.rechunk(-1),
+        dims=("c", "y", "x"),
+        c_coords=["r", "g", "b"],
+        transformations=get_transformation(image_level0(hest_c2, IMAGE_KEY), get_all=True),
+    )
+    small.write(tmp_path / "c2.zarr")
+    back = spatialdata.read_zarr(tmp_path / "c2.zarr")
+    assert element_microns_per_unit(back, SPOTS_KEY) == pytest.approx(0.688, abs=1e-3)
+    assert sst.io.microns_per_pixel(back, "crop") == pytest.approx(0.688, abs=1e-3)
+    assert table_for_element(back, SPOTS_KEY) == SPOTS_TABLE_KEY
+    assert back[SPOTS_TABLE_KEY].uns[UNS_KEY]["microns_per_pixel"] == pytest.approx(0.688, 1e-3)
+    np.testing.assert_array_equal(back["crop"].values, crop.values)
+
+
+@needs_her2st
+def test_read_hest_override_and_errors(tmp_path):
+    sdata = sst.io.read_hest(HER2ST, "C2", microns_per_pixel=0.7, image_key="img")
+    assert sst.io.microns_per_pixel(sdata, "img") == pytest.approx(0.7)
+    np.testing.assert_allclose(sdata[SPOTS_KEY]["radius"] * 0.7, 50.0)
+
+    with pytest.raises(FileNotFoundError, match="nope"):
+        sst.io.read_hest(tmp_path / "nope", "C2")
+    with pytest.raises(FileNotFoundError, match=r"XX\.h5ad"):
+        sst.io.read_hest(HER2ST, "XX")
+
+    # metadata without pixel size -> says to pass microns_per_pixel=
+    root = tmp_path / "hest"
+    for sub in ("st", "wsis", "metadata"):
+        (root / sub).mkdir(parents=True)
+    (root / "st" / "C2.h5ad").symlink_to(HER2ST / "st" / "C2.h5ad")
+    (root / "wsis" / "C2.tif").symlink_to(HER2ST / "wsis" / "C2.tif")
+    meta = json.loads((HER2ST / "metadata" / "C2.json").read_text())
+    del meta["pixel_size_um_estimated"]
+    (root / "metadata" / "C2.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="microns_per_pixel="):
+        sst.io.read_hest(root, "C2")
+    assert sst.io.microns_per_pixel(sst.io.read_hest(root, "C2", microns_per_pixel=0.69)) == 0.69
+
+
+def test_read_hest_missing_files_message(tmp_path):
+    (tmp_path / "st").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"wsis.*S1\.tif"):
+        sst.io.read_hest(tmp_path, "S1")
+
+
+# --- Visium -----------------------------------------------------------------------------------
+
+SPOT_DIAMETER_FULLRES = 110.0  # -> 0.5 µm/px
+HIRES, LOWRES = 0.5, 0.1
+FULLRES_SHAPE = (500, 600)  # (y, x)
+
+
+def _write_10x_h5(path: Path, barcodes: list[str], genes: list[str], counts: np.ndarray) -> None:
+    """A minimal 10x Genomics v3 feature-barcode HDF5 matrix (genes x barcodes, CSC)."""
+    m = sp.csc_matrix(counts.T)  # features x barcodes, stored column (barcode) major
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
+        g.create_dataset("data", data=m.data.astype(np.int32))
+        g.create_dataset("indices", data=m.indices.astype(np.int64))
+        g.create_dataset("indptr", data=m.indptr.astype(np.int64))
+        g.create_dataset("shape", data=np.array(m.shape, dtype=np.int32))
+        feats = g.create_group("features")
+        feats.create_dataset("id", data=np.array([f"ENSG{i:05d}" for i in range(len(genes))], "S"))
+        feats.create_dataset("name", data=np.array(genes, dtype="S"))
+        feats.create_dataset("feature_type", data=np.array(["Gene Expression"] * len(genes), "S"))
+        feats.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
+
+
+@pytest.fixture
+def visium_dir(tmp_path) -> Path:
+    """A tiny Space-Ranger-shaped folder: 6 spots x 4 genes, full-res 600x500 RGB TIFF."""
+    rng = np.random.default_rng(0)
+    outs = tmp_path / "sample1" / "outs"
+    (outs / "spatial").mkdir(parents=True)
+    barcodes = [f"AAAC{i:04d}-1" for i in range(6)]
+    genes = ["GeneA", "GeneB", "GeneB", "GeneC"]  # duplicated name -> made unique
+    counts = rng.poisson(3.0, size=(6, 4))
+    _write_10x_h5(outs / "filtered_feature_bc_matrix.h5", barcodes, genes, counts)
+
+    rows = np.array([100, 100, 200, 200, 300, 300])
+    cols = np.array([150, 300, 150, 300, 150, 300])
+    pd.DataFrame(
+        {
+            "barcode": barcodes,
+            "in_tissue": 1,
+            "array_row": np.arange(6) // 2,
+            "array_col": np.arange(6) % 2,
+            "pxl_row_in_fullres": rows,
+            "pxl_col_in_fullres": cols,
+        }
+    ).to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
+    (outs / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps(
+            {
+                "spot_diameter_fullres": SPOT_DIAMETER_FULLRES,
+                "tissue_hires_scalef": HIRES,
+                "tissue_lowres_scalef": LOWRES,
+                "fiducial_diameter_fullres": 1.6 * SPOT_DIAMETER_FULLRES,
+            }
+        )
+    )
+    full = rng.integers(0, 255, size=(*FULLRES_SHAPE, 3), dtype=np.uint8)
+    for name, f in (("hires", HIRES), ("lowres", LOWRES)):
+        size = (int(FULLRES_SHAPE[1] * f), int(FULLRES_SHAPE[0] * f))
+        Image.fromarray(full).resize(size).save(outs / "spatial" / f"tissue_{name}_image.png")
+    tifffile.imwrite(tmp_path / "fullres.tif", full, tile=(128, 128))
+    return outs
+
+
+def test_read_visium(visium_dir, tmp_path):
+    sdata = sst.io.read_visium(visium_dir, fullres_image_file=tmp_path / "fullres.tif")
+    ds = "sample1"  # <sample>/outs, no file prefix nor library_ids attribute
+    assert set(sdata.images) == {f"{ds}_full_image", f"{ds}_hires_image", f"{ds}_lowres_image"}
+    assert set(sdata.shapes) == {ds}
+    assert set(sdata.tables) == {"table"}
+    assert resolve_image_key(sdata) == f"{ds}_full_image"
+
+    mpp = 55.0 / SPOT_DIAMETER_FULLRES
+    assert sst.io.microns_per_pixel(sdata, f"{ds}_full_image") == pytest.approx(mpp)
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(mpp)
+    assert sst.io.microns_per_pixel(sdata, f"{ds}_hires_image") == pytest.approx(mpp / HIRES)
+    assert sst.io.microns_per_pixel(sdata, f"{ds}_lowres_image") == pytest.approx(mpp / LOWRES)
+    circles = sdata.shapes[ds]
+    radius_um = circles["radius"].to_numpy() * element_microns_per_unit(sdata, ds)
+    np.testing.assert_allclose(radius_um, 27.5)
+
+    full = image_level0(sdata, f"{ds}_full_image")
+    assert full.shape == (3, *FULLRES_SHAPE) and full.dtype == np.uint8
+    _assert_lazy(full.data)
+    np.testing.assert_array_equal(
+        np.moveaxis(full.values, 0, -1), tifffile.imread(tmp_path / "fullres.tif")
+    )
+    # spot (x, y) = (pxl_col, pxl_row) in full-res pixels
+    np.testing.assert_allclose(circles.geometry.x.to_numpy(), [150, 300] * 3)
+    np.testing.assert_allclose(circles.geometry.y.to_numpy(), [100, 100, 200, 200, 300, 300])
+
+    table = sdata["table"]
+    assert table_for_element(sdata, ds) == "table"
+    assert table_link(table) == (REGION_KEY, SPOT_ID)
+    assert set(table.obs[SPOT_ID]) == set(circles.index)
+    assert table.var_names.is_unique
+    assert table.uns[UNS_KEY]["microns_per_pixel"] == pytest.approx(mpp)
+
+    sdata.write(tmp_path / "visium.zarr")
+    back = spatialdata.read_zarr(tmp_path / "visium.zarr")
+    assert sst.io.microns_per_pixel(back, f"{ds}_full_image") == pytest.approx(mpp)
+    assert sst.io.microns_per_pixel(back, f"{ds}_hires_image") == pytest.approx(mpp / HIRES)
+    assert element_microns_per_unit(back, ds) == pytest.approx(mpp)
+
+
+def test_read_visium_without_fullres_and_errors(visium_dir, tmp_path):
+    sdata = sst.io.read_visium(visium_dir, dataset_id="s1")
+    assert set(sdata.images) == {"s1_hires_image", "s1_lowres_image"}
+    mpp = 55.0 / SPOT_DIAMETER_FULLRES
+    assert element_microns_per_unit(sdata, "s1") == pytest.approx(mpp)
+    assert sst.io.microns_per_pixel(sdata, "s1_lowres_image") == pytest.approx(mpp / LOWRES)
+
+    # dataset id from the h5's library_ids attribute, then from a file prefix
+    counts = visium_dir / "filtered_feature_bc_matrix.h5"
+    with h5py.File(counts, "a") as f:
+        f.attrs["library_ids"] = np.array([b"lib 7"])
+    assert set(sst.io.read_visium(visium_dir).shapes) == {"lib_7"}
+    counts.rename(visium_dir / "abc_filtered_feature_bc_matrix.h5")
+    assert set(sst.io.read_visium(visium_dir).shapes) == {"abc"}
+
+    with pytest.raises(FileNotFoundError, match="missing.tif"):
+        sst.io.read_visium(visium_dir, fullres_image_file="missing.tif")
+    with pytest.raises(FileNotFoundError, match="Visium folder"):
+        sst.io.read_visium(tmp_path / "nowhere")
+    (visium_dir / "spatial" / "scalefactors_json.json").write_text("{}")
+    with pytest.raises(ValueError, match="spot_diameter_fullres"):
+        sst.io.read_visium(visium_dir)
+
+
+# --- H&E only ---------------------------------------------------------------------------------
+
+
+@needs_svs
+def test_read_image_svs():
+    sdata = sst.io.read_image(SVS)
+    img = image_level0(sdata, IMAGE_KEY)
+    assert img.shape == (3, 2967, 2220) and img.dtype == np.uint8
+    _assert_lazy(img.data)
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.499)
+    ts = get_transformation(sdata[IMAGE_KEY], get_all=True)
+    assert set(ts) == {"global", MICRONS_CS}
+    expected = tifffile.TiffFile(SVS).pages[0].asarray()[:64, :80]
+    np.testing.assert_array_equal(np.moveaxis(img[:, :64, :80].values, 0, -1), expected)
+
+
+@needs_her2st
+def test_read_image_tiff_resolution_tag():
+    sdata = sst.io.read_image(HER2ST / "wsis" / "C2.tif")
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.688, abs=1e-3)
+    assert len(image_levels(sdata, IMAGE_KEY)) > 1  # large slide -> multiscale
+
+
+def test_read_image_tmp_tiff_and_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, size=(300, 200, 3), dtype=np.uint8)
+    path = tmp_path / "he.tif"
+    tifffile.imwrite(path, rgb, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    sdata = sst.io.read_image(path, chunks=128)
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.5)
+    assert image_level0(sdata, IMAGE_KEY).data.chunksize == (3, 128, 128)
+
+    sdata.write(tmp_path / "he.zarr")
+    back = spatialdata.read_zarr(tmp_path / "he.zarr")
+    assert sst.io.microns_per_pixel(back) == pytest.approx(0.5)
+    np.testing.assert_array_equal(np.moveaxis(back[IMAGE_KEY].values, 0, -1), rgb)
+
+    # the argument wins, with a warning when it disagrees with the file
+    with pytest.warns(UserWarning, match="differs"):
+        sdata = sst.io.read_image(path, microns_per_pixel=0.25)
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.25)
+
+
+def test_read_image_ome_tiff(tmp_path):
+    path = tmp_path / "he.ome.tif"
+    cyx = np.full((3, 40, 50), 7, dtype=np.uint8)
+    tifffile.imwrite(
+        path, cyx, metadata={"axes": "CYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+    )
+    sdata = sst.io.read_image(path)
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.25)
+    assert image_level0(sdata, IMAGE_KEY).shape == (3, 40, 50)
+
+
+def test_read_image_arrays():
+    rgba = np.zeros((40, 30, 4), dtype=np.uint16)
+    rgba[..., 0] = 65535
+    sdata = sst.io.read_image(rgba, 0.25, image_key="slide")
+    img = image_level0(sdata, "slide")
+    assert img.shape == (3, 40, 30) and img.dtype == np.uint8
+    assert list(img.coords["c"].values) == ["r", "g", "b"]
+    assert int(img[0].max()) == 255 and int(img[1:].max()) == 0
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.25)
+
+    lazy = da.from_array(np.zeros((5000, 4200, 3), dtype=np.uint8), chunks=1024)
+    sdata = sst.io.read_image(lazy, microns_per_pixel=0.5)
+    assert len(image_levels(sdata, IMAGE_KEY)) > 1
+
+
+def test_read_image_errors(tmp_path):
+    rgb = np.zeros((20, 30, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="microns_per_pixel="):
+        sst.io.read_image(rgb)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, rgb)  # no resolution unit: not a physical size
+    with pytest.raises(ValueError, match="microns_per_pixel="):
+        sst.io.read_image(plain)
+    dpi72 = tmp_path / "dpi72.tif"
+    tifffile.imwrite(dpi72, rgb, resolution=(72, 72), resolutionunit="INCH")
+    with pytest.raises(ValueError, match="microns_per_pixel="):
+        sst.io.read_image(dpi72)
+
+    with pytest.raises(ValueError, match="RGB"):
+        sst.io.read_image(np.zeros((20, 30), dtype=np.uint8), 0.5)
+    with pytest.raises(ValueError, match="RGB"):
+        sst.io.read_image(np.zeros((20, 30, 5), dtype=np.uint8), 0.5)
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, rgb[..., 0])
+    with pytest.raises(ValueError, match="RGB"):
+        sst.io.read_image(gray, 0.5)
+
+    with pytest.raises(FileNotFoundError, match="missing.tif"):
+        sst.io.read_image(tmp_path / "missing.tif", 0.5)
+    png = tmp_path / "he.png"
+    Image.fromarray(rgb).save(png)
+    with pytest.raises(ValueError, match="TIFF"):
+        sst.io.read_image(png, 0.5)
+    with pytest.raises(ValueError, match="positive"):
+        sst.io.read_image(rgb, -1.0)
