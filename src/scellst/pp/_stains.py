@@ -15,7 +15,17 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return _OD_LUT[rgb]
 
 
+def stain(od: np.ndarray, which: int) -> np.ndarray:
+    """Concentration of stain ``which`` (0 = hematoxylin, 1 = eosin) from optical densities.
+
+    Written as a weighted sum rather than ``od @ HED``: a (n, 3) @ (3,) product goes through
+    BLAS, whose own threads fight the tile workers' threads and slow everything tenfold.
+    """
+    w = HED[:, which]
+    return od[..., 0] * w[0] + od[..., 1] * w[1] + od[..., 2] * w[2]
+
+
 def hematoxylin_eosin(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hematoxylin and eosin concentrations (float32, same spatial shape as ``rgb``)."""
     od = optical_density(rgb)
-    return od @ HED[:, 0], od @ HED[:, 1]
+    return stain(od, 0), stain(od, 1)

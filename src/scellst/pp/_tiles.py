@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
@@ -73,7 +74,8 @@ def map_tiles(
                 yield fn(t)
                 bar.update()
             return
-        with ThreadPoolExecutor(n_jobs) as pool:
+        # the workers are the parallelism: nested BLAS/OpenMP threads would only contend
+        with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(1):
             pending = []
             for t in tiles:
                 pending.append(pool.submit(fn, t))

@@ -15,7 +15,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from ._stains import HED, optical_density
+from ._stains import optical_density, stain
 
 
 @dataclass
@@ -64,7 +64,7 @@ class WatershedSegmenter:
         tissue = cv2.GaussianBlur(od.sum(-1), (0, 0), p.tissue_smooth_um / mpp) > p.tissue_od
         if not tissue.any():  # background tile: nothing to segment
             return np.zeros(tissue.shape, np.float32), tissue
-        h = cv2.GaussianBlur(od @ HED[:, 0], (0, 0), p.smooth_um / mpp)
+        h = cv2.GaussianBlur(stain(od, 0), (0, 0), p.smooth_um / mpp)
         k = _odd(2 * p.background_radius_um / mpp)
         th = cv2.morphologyEx(h, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         return th, tissue

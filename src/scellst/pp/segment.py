@@ -104,7 +104,13 @@ def segment(
         geometry, obs_extra, info = _segment_image(
             sdata, key, mpp, method, params or {}, tile_size, margin_um, n_jobs, progress
         )
-    centroids = shapely.get_coordinates(shapely.centroid(geometry)) if len(geometry) else np.empty((0, 2))
+    if len(geometry) == 0:
+        raise ValueError(
+            f"No nuclei found in image {key!r} ({info.get('method')}): it looks blank or is not "
+            "H&E. Check the image and its scale (sst.io.microns_per_pixel), or lower the "
+            "thresholds through `params` (e.g. {'tissue_od': 0.05})."
+        )
+    centroids = shapely.get_coordinates(shapely.centroid(geometry))
     area_px = obs_extra.pop("area_px", None)
     if area_px is None:
         area_px = shapely.area(geometry)
@@ -143,8 +149,8 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
         threshold = segmenter.fit_threshold(_threshold_samples(sdata, key, tile_size, p.tissue_od), mpp)
         info = {"method": "watershed", "params": segmenter.params.to_dict()}
         if threshold is None:
-            log.warning("segment: no tissue found in image %r; no nuclei written.", key)
-            return np.empty(0, dtype=object), {"mean_hematoxylin": np.empty(0)}, info
+            info["method"] = "watershed: no tissue detected"
+            return np.empty(0, dtype=object), {}, info
         fn: SegmentFn = segmenter
     elif callable(method):
         fn = method

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import shapely
+import spatialdata as sd
+from spatialdata.models import Image2DModel
+from spatialdata.transformations import Identity
+
+import scellst as sst
+from scellst.constants import MICRONS_CS
+from scellst.io._scale import microns_scale
+
+
+def _image_only(sdata):
+    """A fresh SpatialData with just the synthetic H&E (so tests never modify the fixture)."""
+    return sd.SpatialData(images={"he": sdata["he"]})
+
+
+def _f1_vs_truth(sdata, cells_key="sst_cells"):
+    labels = np.asarray(sdata["truth_labels"].data)
+    xy = np.asarray(sdata[f"{cells_key}_table"].obsm["spatial"])
+    ids = labels[xy[:, 1].astype(int), xy[:, 0].astype(int)]
+    hits = np.unique(ids[ids > 0])
+    precision = len(hits) / max(len(xy), 1)
+    recall = len(hits) / (len(np.unique(labels)) - 1)
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_watershed_finds_the_true_nuclei(synthetic_small):
+    sdata = _image_only(synthetic_small)
+    sdata["truth_labels"] = synthetic_small["truth_labels"]
+    sst.pp.segment(sdata, progress=False)
+    cells, table = sdata["sst_cells"], sdata["sst_cells_table"]
+    assert len(cells) == table.n_obs > 500
+    assert _f1_vs_truth(sdata) > 0.9
+    # the table annotates the shapes and records how it was made
+    attrs = table.uns["spatialdata_attrs"]
+    assert attrs["region"] == "sst_cells" and attrs["instance_key"] == "cell_id"
+    np.testing.assert_array_equal(table.obs["cell_id"].to_numpy(), cells.index.to_numpy())
+    seg = table.uns["scellst"]["segmentation"]
+    assert seg["method"] == "watershed" and seg["params"]["threshold"] > 0
+    # areas in µm² agree with the true nuclei (median within 25%)
+    true_area = np.median(synthetic_small["truth_expression"].obs["area_um2"])
+    assert abs(np.median(table.obs["area_um2"]) / true_area - 1) < 0.25
+    # cells carry the image's transformations, so they sit in the microns frame too
+    assert MICRONS_CS in sd.transformations.get_transformation(cells, get_all=True)
+
+
+def test_tiling_neither_cuts_nor_duplicates_seam_nuclei(synthetic_small):
+    whole, tiled = _image_only(synthetic_small), _image_only(synthetic_small)
+    sst.pp.segment(whole, tile_size=4096, progress=False)
+    sst.pp.segment(tiled, tile_size=200, progress=False, n_jobs=2)
+    a, b = whole["sst_cells"].geometry.to_numpy(), tiled["sst_cells"].geometry.to_numpy()
+    seams = shapely.union_all(
+        [shapely.LineString([(x, 0), (x, 1024)]) for x in range(200, 1024, 200)]
+        + [shapely.LineString([(0, y), (1024, y)]) for y in range(200, 1024, 200)]
+    )
+    on_seam = shapely.intersects(a, seams)
+    assert on_seam.sum() > 50  # the test really exercises seams
+    # every nucleus of the untiled run is found once, whole, by the tiled run
+    tree = shapely.STRtree(b)
+    for poly in a[on_seam]:
+        hits = tree.query(poly, predicate="intersects")
+        ious = [shapely.area(poly & b[j]) / shapely.area(poly | b[j]) for j in hits]
+        assert sum(iou > 0.5 for iou in ious) == 1
+        assert max(ious) > 0.95
+    assert abs(len(a) - len(b)) <= 2
+    # no two tiled nuclei overlap (a duplicate would)
+    left, right = tree.query(b, predicate="intersects")
+    pairs = left < right
+    overlap = shapely.area(shapely.intersection(b[left[pairs]], b[right[pairs]]))
+    smaller = np.minimum(shapely.area(b[left[pairs]]), shapely.area(b[right[pairs]]))
+    assert (overlap / smaller < 0.2).all()  # touching borders only
+
+
+def test_callable_method_and_margin(synthetic_small):
+    sdata = _image_only(synthetic_small)
+
+    def darkest(rgb, mpp):
+        from scipy import ndimage as ndi
+
+        assert mpp == pytest.approx(0.5)
+        return ndi.label(rgb.mean(-1) < 110)[0]
+
+    sst.pp.segment(sdata, method=darkest, tile_size=300, progress=False)
+    table = sdata["sst_cells_table"]
+    assert table.n_obs > 300
+    assert table.uns["scellst"]["segmentation"]["method"] == "darkest"
+
+    def bad(rgb, mpp):
+        return np.zeros((3, 3), int)
+
+    with pytest.raises(ValueError, match="one label per pixel"):
+        sst.pp.segment(sdata, method=bad, key_added="bad", progress=False)
+
+
+def test_existing_shapes_are_adopted_without_touching_them(synthetic_small):
+    sdata = _image_only(synthetic_small)
+    sdata["truth_cells"] = synthetic_small["truth_cells"]
+    before = sdata["truth_cells"].copy()
+    sst.pp.segment(sdata, shapes_key="truth_cells", key_added="nuclei", progress=False)
+    assert len(sdata["nuclei"]) == len(before)
+    assert sdata["truth_cells"].equals(before)
+    area = sdata["nuclei_table"].obs["area_um2"].to_numpy()
+    np.testing.assert_allclose(area, shapely.area(before.geometry.to_numpy()) * 0.25, rtol=1e-6)
+
+
+def test_blank_and_odd_images_do_not_crash():
+    white = np.full((3, 600, 600), 255, np.uint8)
+    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
+    sdata = sd.SpatialData(images={"he": Image2DModel.parse(white, dims=("c", "y", "x"), transformations=transforms)})
+    with pytest.raises(ValueError, match="No nuclei found"):
+        sst.pp.segment(sdata, progress=False)
+    assert "sst_cells" not in sdata
+    # uint16 RGBA input is brought to uint8 RGB
+    rgba = np.zeros((4, 300, 300), np.uint16)
+    rgba[:3] = 60000
+    rgba[:3, 100:110, 100:110] = 15000
+    sdata = sd.SpatialData(images={"he": Image2DModel.parse(rgba, dims=("c", "y", "x"), transformations=transforms)})
+    sst.pp.segment(sdata, progress=False)
+    # a single-channel image gets a clear error
+    gray = np.zeros((1, 100, 100), np.uint8)
+    sdata = sd.SpatialData(images={"he": Image2DModel.parse(gray, dims=("c", "y", "x"), transformations=transforms)})
+    with pytest.raises(ValueError, match="RGB"):
+        sst.pp.segment(sdata, progress=False)
+
+
+def test_existing_output_is_not_overwritten(synthetic_small):
+    sdata = _image_only(synthetic_small)
+    sst.pp.segment(sdata, progress=False)
+    n = len(sdata["sst_cells"])
+    with pytest.raises(KeyError, match="overwrite=True"):
+        sst.pp.segment(sdata, progress=False)
+    sst.pp.segment(sdata, progress=False, overwrite=True, params={"min_area_um2": 30})
+    assert len(sdata["sst_cells"]) < n
