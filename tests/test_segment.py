@@ -107,7 +107,9 @@ def test_existing_shapes_are_adopted_without_touching_them(synthetic_small):
 def test_blank_and_odd_images_do_not_crash():
     white = np.full((3, 600, 600), 255, np.uint8)
     transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
-    sdata = sd.SpatialData(images={"he": Image2DModel.parse(white, dims=("c", "y", "x"), transformations=transforms)})
+    sdata = sd.SpatialData(
+        images={"he": Image2DModel.parse(white, dims=("c", "y", "x"), transformations=transforms)}
+    )
     with pytest.raises(ValueError, match="No nuclei found"):
         sst.pp.segment(sdata, progress=False)
     assert "sst_cells" not in sdata
@@ -115,11 +117,15 @@ def test_blank_and_odd_images_do_not_crash():
     rgba = np.zeros((4, 300, 300), np.uint16)
     rgba[:3] = 60000
     rgba[:3, 100:110, 100:110] = 15000
-    sdata = sd.SpatialData(images={"he": Image2DModel.parse(rgba, dims=("c", "y", "x"), transformations=transforms)})
+    sdata = sd.SpatialData(
+        images={"he": Image2DModel.parse(rgba, dims=("c", "y", "x"), transformations=transforms)}
+    )
     sst.pp.segment(sdata, progress=False)
     # a single-channel image gets a clear error
     gray = np.zeros((1, 100, 100), np.uint8)
-    sdata = sd.SpatialData(images={"he": Image2DModel.parse(gray, dims=("c", "y", "x"), transformations=transforms)})
+    sdata = sd.SpatialData(
+        images={"he": Image2DModel.parse(gray, dims=("c", "y", "x"), transformations=transforms)}
+    )
     with pytest.raises(ValueError, match="RGB"):
         sst.pp.segment(sdata, progress=False)
 

@@ -4,6 +4,7 @@ from ._hest import read_hest
 from ._image import read_image
 from ._scale import microns_per_pixel, set_microns_per_pixel
 from ._visium import read_visium
+from ._write import write_zarr
 
 __all__ = [
     "microns_per_pixel",
@@ -11,4 +12,5 @@ __all__ = [
     "read_image",
     "read_visium",
     "set_microns_per_pixel",
+    "write_zarr",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from spatialdata.models import Image2DModel
 from spatialdata.transformations import BaseTransformation, Identity
 
@@ -56,7 +57,12 @@ def open_tiff_yxc(path: str | Path) -> da.Array:
             raise ValueError(f"{str(path)!r} holds no image.")
         axes = tif.series[0].axes
     store = tifffile.imread(path, aszarr=True, series=0, level=0)
-    arr = da.from_zarr(zarr.open(store, mode="r"))
+    z = zarr.open(store, mode="r")
+    # from_array, not from_zarr: spatialdata treats "from-zarr" graph keys as files of its own
+    # store and fails on tifffile's store (no `.root`) when printing or saving the object
+    arr = da.from_array(
+        z, chunks=z.chunks, name=f"tiff-{tokenize(str(path.resolve()), path.stat().st_mtime)}"
+    )
     if arr.ndim != len(axes):
         raise ValueError(f"Unexpected layout of {str(path)!r}: axes {axes!r}, shape {arr.shape}.")
     return _to_yxc(arr, axes, str(path))

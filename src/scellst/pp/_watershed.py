@@ -66,7 +66,9 @@ class WatershedSegmenter:
             return np.zeros(tissue.shape, np.float32), tissue
         h = cv2.GaussianBlur(stain(od, 0), (0, 0), p.smooth_um / mpp)
         k = _odd(2 * p.background_radius_um / mpp)
-        th = cv2.morphologyEx(h, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        th = cv2.morphologyEx(
+            h, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        )
         return th, tissue
 
     def fit_threshold(self, samples: list[np.ndarray], mpp: float) -> float | None:
@@ -95,7 +97,9 @@ class WatershedSegmenter:
         fg = (th > p.threshold) & tissue
         fg = ndi.binary_fill_holes(fg)
         fg = cv2.morphologyEx(
-            fg.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+            fg.astype(np.uint8),
+            cv2.MORPH_OPEN,
+            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)),
         )
         if not fg.any():
             return np.zeros(fg.shape, np.int32)

@@ -8,15 +8,17 @@ import numpy as np
 from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
-from .._sdata import apply_matrix, element_to_image_matrix, spots_key as resolve_spots_key
+from .._sdata import apply_matrix, element_to_image_matrix, image_shape_yx
 from .._sdata import image_key as resolve_image_key
-from .._sdata import image_shape_yx
+from .._sdata import spots_key as resolve_spots_key
 from ..constants import CELLS_KEY, NO_SPOT, SPATIAL_OBSM, SPOT_COLUMN, UNS_KEY, cells_table_key
 
 log = logging.getLogger(__name__)
 
 
-def spot_geometry(sdata: SpatialData, spots_key: str, frame_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spot_geometry(
+    sdata: SpatialData, spots_key: str, frame_key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spot ids, centres (x, y) and radii expressed in the intrinsic frame of ``frame_key``."""
     spots = sdata.shapes[spots_key]
     matrix = element_to_image_matrix(sdata, spots_key, frame_key)
@@ -73,7 +75,9 @@ def assign_cells(
     cells_xy = np.asarray(table.obsm[SPATIAL_OBSM])
     assigned = np.full(len(cells_xy), NO_SPOT, dtype=np.int64)
     if len(cells_xy) and len(centres):
-        dist, nearest = cKDTree(centres).query(cells_xy, k=1, distance_upper_bound=float(radii.max()))
+        dist, nearest = cKDTree(centres).query(
+            cells_xy, k=1, distance_upper_bound=float(radii.max())
+        )
         inside = np.isfinite(dist)
         inside[inside] = dist[inside] <= radii[nearest[inside]]
         assigned[inside] = ids[nearest[inside]]
@@ -87,7 +91,13 @@ def assign_cells(
         "n_spots_with_cells": n_spots,
         "n_spots": len(ids),
     }
-    log.info("assign_cells: %d of %d cells fall in %d of %d spots", n_in, len(cells_xy), n_spots, len(ids))
+    log.info(
+        "assign_cells: %d of %d cells fall in %d of %d spots",
+        n_in,
+        len(cells_xy),
+        n_spots,
+        len(ids),
+    )
 
 
 def _check_spots_on_image(sdata, spots_key, cells_key, centres, radii) -> None:

@@ -13,10 +13,12 @@ from spatialdata import SpatialData
 from .._sdata import (
     apply_matrix,
     element_to_image_matrix,
-    image_key as resolve_image_key,
     image_level0,
     image_levels,
     read_rgb,
+)
+from .._sdata import (
+    image_key as resolve_image_key,
 )
 from ..constants import CELLS_KEY, cells_table_key
 from ..io._scale import microns_per_pixel
@@ -146,7 +148,9 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
         segmenter = WatershedSegmenter(WatershedParams(**params))
         p = segmenter.params
         margin_um = margin_um or segmenter.max_diameter_um + 2 * p.background_radius_um
-        threshold = segmenter.fit_threshold(_threshold_samples(sdata, key, tile_size, p.tissue_od), mpp)
+        threshold = segmenter.fit_threshold(
+            _threshold_samples(sdata, key, tile_size, p.tissue_od), mpp
+        )
         info = {"method": "watershed", "params": segmenter.params.to_dict()}
         if threshold is None:
             info["method"] = "watershed: no tissue detected"
@@ -155,7 +159,10 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
     elif callable(method):
         fn = method
         margin_um = margin_um or 30.0
-        info = {"method": getattr(method, "__name__", type(method).__name__), "params": dict(params)}
+        info = {
+            "method": getattr(method, "__name__", type(method).__name__),
+            "params": dict(params),
+        }
     else:
         raise TypeError(f"`method` must be 'watershed' or a callable, got {type(method).__name__}.")
     margin = int(math.ceil(margin_um / mpp))
@@ -165,14 +172,24 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
         rgb = read_rgb(img, tile.wy0, tile.wy1, tile.wx0, tile.wx1)
         return owned_nuclei(fn(rgb, mpp), rgb, tile)
 
-    parts = list(map_tiles(run, tile_grid(shape, tile_size, margin), n_jobs=n_jobs, desc="segment", progress=progress))
+    parts = list(
+        map_tiles(
+            run,
+            tile_grid(shape, tile_size, margin),
+            n_jobs=n_jobs,
+            desc="segment",
+            progress=progress,
+        )
+    )
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     geometry = merged.pop("geometry")
     merged.pop("x"), merged.pop("y")
     return geometry, merged, info
 
 
-def _threshold_samples(sdata, key, tile_size, tissue_od, n_samples=6, size=1024) -> list[np.ndarray]:
+def _threshold_samples(
+    sdata, key, tile_size, tissue_od, n_samples=6, size=1024
+) -> list[np.ndarray]:
     """Full-resolution windows from the most tissue-rich areas (found on the coarsest level)."""
     levels = image_levels(sdata, key)
     full, coarse = levels[0], levels[-1]
@@ -180,16 +197,24 @@ def _threshold_samples(sdata, key, tile_size, tissue_od, n_samples=6, size=1024)
     step = 1
     if len(levels) == 1 and max(H, W) > 4096:  # single-scale large image: strided preview
         step = int(math.ceil(max(H, W) / 2048))
-    low = read_rgb(coarse, 0, None, 0, None) if step == 1 else np.moveaxis(
-        np.asarray(coarse.data[:, ::step, ::step]), 0, -1
-    )[..., :3]
+    low = (
+        read_rgb(coarse, 0, None, 0, None)
+        if step == 1
+        else np.moveaxis(np.asarray(coarse.data[:, ::step, ::step]), 0, -1)[..., :3]
+    )
     fy, fx = H / low.shape[0], W / low.shape[1]
     tissue = optical_density(low.astype(np.uint8)).sum(-1) > tissue_od
     if not tissue.any():
         return []
     size = min(size, H, W)
     grid = tile_grid((H, W), size, 0)
-    frac = [tissue[int(t.y0 / fy) : max(int(t.y1 / fy), int(t.y0 / fy) + 1), int(t.x0 / fx) : max(int(t.x1 / fx), int(t.x0 / fx) + 1)].mean() for t in grid]
+    frac = [
+        tissue[
+            int(t.y0 / fy) : max(int(t.y1 / fy), int(t.y0 / fy) + 1),
+            int(t.x0 / fx) : max(int(t.x1 / fx), int(t.x0 / fx) + 1),
+        ].mean()
+        for t in grid
+    ]
     best = [grid[i] for i in np.argsort(frac)[::-1][:n_samples] if frac[i] > 0]
     return [read_rgb(full, t.y0, t.y1, t.x0, t.x1) for t in best]
 

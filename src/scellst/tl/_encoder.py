@@ -61,4 +61,6 @@ def resolve_encoder(encoder) -> Encoder:
         return encoder
     if callable(encoder):
         return CallableEncoder(encoder)
-    raise TypeError(f"`encoder` must be a name, an Encoder or a callable, got {type(encoder).__name__}.")
+    raise TypeError(
+        f"`encoder` must be a name, an Encoder or a callable, got {type(encoder).__name__}."
+    )

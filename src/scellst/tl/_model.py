@@ -75,7 +75,9 @@ class MILModel:
         self.module.eval()
         out = []
         for start in range(0, len(features), batch_size):
-            x = torch.as_tensor(features[start : start + batch_size], dtype=torch.float32, device=self.device)
+            x = torch.as_tensor(
+                features[start : start + batch_size], dtype=torch.float32, device=self.device
+            )
             out.append(self.module(x).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
 
@@ -99,7 +101,9 @@ class MILModel:
         """Write ``config.json`` and ``weights.pt`` into directory ``path``."""
         path = Path(path)
         if (path / _CONFIG).exists() and not overwrite:
-            raise FileExistsError(f"{path} already holds a model; pass overwrite=True to replace it.")
+            raise FileExistsError(
+                f"{path} already holds a model; pass overwrite=True to replace it."
+            )
         path.mkdir(parents=True, exist_ok=True)
         state = {"module": {k: v.cpu() for k, v in self.module.state_dict().items()}}
         if self.log_theta is not None:

@@ -78,12 +78,21 @@ class MorphologyEncoder:
     def encode(self, batch: CropBatch) -> np.ndarray:
         if self._per_cell is None:
             raise RuntimeError("MorphologyEncoder.prepare must run before encode.")
-        crop = np.concatenate(
-            [
-                _crop_features(batch.images[i : i + self.chunk], batch.masks[i : i + self.chunk], batch.mpp, self.ring_um)
-                for i in range(0, len(batch.index), self.chunk)
-            ]
-        ) if len(batch.index) else np.zeros((0, len(_INTENSITY)), np.float32)
+        crop = (
+            np.concatenate(
+                [
+                    _crop_features(
+                        batch.images[i : i + self.chunk],
+                        batch.masks[i : i + self.chunk],
+                        batch.mpp,
+                        self.ring_um,
+                    )
+                    for i in range(0, len(batch.index), self.chunk)
+                ]
+            )
+            if len(batch.index)
+            else np.zeros((0, len(_INTENSITY)), np.float32)
+        )
         per_cell = self._per_cell[batch.index]
         n_shape = len(_SHAPE)
         return np.column_stack([per_cell[:, :n_shape], crop, per_cell[:, n_shape:]])
@@ -151,7 +160,11 @@ def _crop_features(imgs: np.ndarray, masks: np.ndarray, mpp: float, ring_um: flo
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     mx, my = _masked_mean(xx, m, cnt), _masked_mean(yy, m, cnt)
     dx, dy = xx[None] - mx[:, None, None], yy[None] - my[:, None, None]
-    cxx, cyy, cxy = (_masked_mean(dx * dx, m, cnt), _masked_mean(dy * dy, m, cnt), _masked_mean(dx * dy, m, cnt))
+    cxx, cyy, cxy = (
+        _masked_mean(dx * dx, m, cnt),
+        _masked_mean(dy * dy, m, cnt),
+        _masked_mean(dx * dy, m, cnt),
+    )
     tr, det = cxx + cyy, cxx * cyy - cxy**2
     disc = np.sqrt(np.maximum(tr**2 / 4 - det, 0))
     l1, l2 = tr / 2 + disc, np.maximum(tr / 2 - disc, 0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def split_spots(xy_um: np.ndarray, val_fraction: float, how: str, rng: np.random.Generator, n_blocks: int = 25) -> np.ndarray:
+def split_spots(
+    xy_um: np.ndarray, val_fraction: float, how: str, rng: np.random.Generator, n_blocks: int = 25
+) -> np.ndarray:
     """Boolean mask of validation spots.
 
     ``"spatial"`` cuts the slide into about ``n_blocks`` square blocks and holds out whole blocks,

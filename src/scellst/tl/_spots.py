@@ -118,12 +118,19 @@ def _spots_table(sdata: SpatialData, skey: str) -> ad.AnnData:
             f"Spots table {tkey!r} must hold raw counts in X (non-negative integers); it looks "
             "normalised. Put raw counts in X (e.g. from adata.layers['counts'])."
         )
-    out = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=table.obs.copy(), var=table.var.copy(), uns={"spatialdata_attrs": table.uns["spatialdata_attrs"]})
+    out = ad.AnnData(
+        X=sp.csr_matrix(X, dtype=np.float32),
+        obs=table.obs.copy(),
+        var=table.var.copy(),
+        uns={"spatialdata_attrs": table.uns["spatialdata_attrs"]},
+    )
     out.var_names_make_unique()
     return out
 
 
-def select_genes(slides: list[SlideBags], genes, *, min_counts: int = 200, min_frac: float = 0.1) -> list[str]:
+def select_genes(
+    slides: list[SlideBags], genes, *, min_counts: int = 200, min_frac: float = 0.1
+) -> list[str]:
     """Resolve ``genes`` (list, or ``"hvg:N"``) against the genes shared by all slides."""
     common = slides[0].spots.var_names
     for s in slides[1:]:
@@ -131,7 +138,9 @@ def select_genes(slides: list[SlideBags], genes, *, min_counts: int = 200, min_f
     if isinstance(genes, str):
         kind, _, n = genes.partition(":")
         if kind.lower() != "hvg" or not n.isdigit():
-            raise ValueError(f"genes={genes!r}: use a list of gene names or 'hvg:N' (e.g. 'hvg:50').")
+            raise ValueError(
+                f"genes={genes!r}: use a list of gene names or 'hvg:N' (e.g. 'hvg:50')."
+            )
         return _hvg(slides, list(common), int(n), min_counts, min_frac)
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:

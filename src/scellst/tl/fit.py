@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from ..constants import CELLS_KEY, EMBEDDING_KEY
 from ..nn import aggregate, mse_loss, nb_nll, poisson_nll
 from ._model import MILModel, default_device
-from ._spots import SlideBags, select_genes, slide_bags
 from ._split import split_spots
+from ._spots import SlideBags, select_genes, slide_bags
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,13 @@ def fit(
     if not sdatas:
         raise ValueError("No SpatialData given to fit.")
     slides = [
-        slide_bags(s, cells_key=cells_key, embedding_key=embedding_key, spots_key=spots_key, min_counts=min_spot_counts)
+        slide_bags(
+            s,
+            cells_key=cells_key,
+            embedding_key=embedding_key,
+            spots_key=spots_key,
+            min_counts=min_spot_counts,
+        )
         for s in sdatas
     ]
     _check_same_encoder(slides)
@@ -179,7 +185,9 @@ class _Tensors:
             feats.append(s.features)
             bags.append(s.bag + offset)
             offset += s.spots.n_obs
-            val.append(split_spots(s.spots.obs[["x_um", "y_um"]].to_numpy(), val_fraction, split, rng))
+            val.append(
+                split_spots(s.spots.obs[["x_um", "y_um"]].to_numpy(), val_fraction, split, rng)
+            )
         self.device = device
         self.features = torch.as_tensor(np.concatenate(feats), device=device)
         bag = np.concatenate(bags)
@@ -192,14 +200,18 @@ class _Tensors:
         self.train_spots = torch.as_tensor(np.flatnonzero(~val), device=device)
         self.val_spots = torch.as_tensor(np.flatnonzero(val), device=device)
         if len(self.train_spots) == 0:
-            raise ValueError("No training spots left after the validation split; lower val_fraction.")
+            raise ValueError(
+                "No training spots left after the validation split; lower val_fraction."
+            )
 
     def cells_of(self, spots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell rows and their bag index (0..len(spots)-1) for a set of spots."""
         start, stop = self.offsets[spots], self.offsets[spots + 1]
         lengths = stop - start
         bag = np.repeat(np.arange(len(spots)), lengths)
-        rows = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+        rows = np.repeat(
+            start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths
+        ) + np.arange(lengths.sum())
         return torch.as_tensor(rows, device=self.device), torch.as_tensor(bag, device=self.device)
 
 
@@ -216,7 +228,9 @@ def _typical_output(data: _Tensors, config: dict, target_scale: np.ndarray) -> n
     return rate.astype(np.float32)
 
 
-def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: dict, scale: torch.Tensor) -> torch.Tensor:
+def _batch_loss(
+    model: MILModel, data: _Tensors, spots: torch.Tensor, config: dict, scale: torch.Tensor
+) -> torch.Tensor:
     rows, bag = data.cells_of(spots.cpu().numpy())
     out = aggregate(model.module(data.features[rows]), bag, len(spots), config["aggregation"])
     if config["loss"] == "mse":
@@ -227,7 +241,9 @@ def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: di
     return poisson_nll(data.counts[spots], mu)
 
 
-def _train(model: MILModel, data: _Tensors, config: dict, scale: torch.Tensor, rng, progress: bool) -> None:
+def _train(
+    model: MILModel, data: _Tensors, config: dict, scale: torch.Tensor, rng, progress: bool
+) -> None:
     params = list(model.module.parameters())
     if model.log_theta is not None:
         params.append(model.log_theta)
@@ -237,7 +253,9 @@ def _train(model: MILModel, data: _Tensors, config: dict, scale: torch.Tensor, r
     bar = tqdm(range(config["max_epochs"]), desc="fit", disable=not progress, unit="epoch")
     for epoch in bar:
         model.module.train()
-        order = data.train_spots[torch.as_tensor(rng.permutation(len(data.train_spots)), device=data.device)]
+        order = data.train_spots[
+            torch.as_tensor(rng.permutation(len(data.train_spots)), device=data.device)
+        ]
         total, n = 0.0, 0
         for start in range(0, len(order), config["batch_size"]):
             spots = order[start : start + config["batch_size"]]
@@ -257,8 +275,9 @@ def _train(model: MILModel, data: _Tensors, config: dict, scale: torch.Tensor, r
         bar.set_postfix(train=f"{model.history['train_loss'][-1]:.4f}", val=f"{monitored:.4f}")
         if monitored < best - 1e-6:
             best, since_best = monitored, 0
-            best_state = copy.deepcopy(model.module.state_dict()), (
-                None if model.log_theta is None else model.log_theta.detach().clone()
+            best_state = (
+                copy.deepcopy(model.module.state_dict()),
+                (None if model.log_theta is None else model.log_theta.detach().clone()),
             )
             config["best_epoch"] = epoch
         else:
@@ -273,4 +292,10 @@ def _train(model: MILModel, data: _Tensors, config: dict, scale: torch.Tensor, r
     config["best_loss"] = float(best)
     config["epochs_run"] = len(model.history["train_loss"])
     model.module.eval()
-    log.info("fit: %d epochs, best %s loss %.4f at epoch %d", config["epochs_run"], "val" if has_val else "train", best, config.get("best_epoch", -1))
+    log.info(
+        "fit: %d epochs, best %s loss %.4f at epoch %d",
+        config["epochs_run"],
+        "val" if has_val else "train",
+        best,
+        config.get("best_epoch", -1),
+    )

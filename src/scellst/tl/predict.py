@@ -54,7 +54,9 @@ def predict(
     """
     check_key(key_added, "key_added")
     if not isinstance(model, MILModel):
-        raise TypeError(f"`model` must be a MILModel from sst.tl.fit or MILModel.load, got {type(model).__name__}.")
+        raise TypeError(
+            f"`model` must be a MILModel from sst.tl.fit or MILModel.load, got {type(model).__name__}."
+        )
     if key_added in sdata and not overwrite:
         raise KeyError(
             f"The SpatialData object already has an element named {key_added!r}. Pass "
@@ -86,6 +88,8 @@ def predict(
             }
         }
     }
-    table = result_table(cells, cells_key, X=pred["log_normalized"], var_names=model.genes, layers=layers, uns=uns)
+    table = result_table(
+        cells, cells_key, X=pred["log_normalized"], var_names=model.genes, layers=layers, uns=uns
+    )
     add_element(sdata, key_added, table, overwrite=overwrite)
     log.info("predict: %d cells x %d genes written to %r", table.n_obs, table.n_vars, key_added)
