@@ -86,15 +86,21 @@ def to_rgb_uint8(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) * (255.0 / info.max)).round().astype(np.uint8)
 
 
-def add_element(sdata: SpatialData, key: str, element: Any, overwrite: bool = False) -> None:
-    """Add an element/table under ``key``, refusing to replace existing data unless asked to."""
-    check_key(key)
-    if key in sdata:
-        if not overwrite:
+def check_free(sdata: SpatialData, keys: list[str], overwrite: bool) -> None:
+    """Fail before any work if an output key is invalid or taken (and ``overwrite`` is False)."""
+    for key in keys:
+        check_key(key, "key_added")
+        if key in sdata and not overwrite:
             raise KeyError(
                 f"The SpatialData object already has an element named {key!r}. Pass "
                 "`overwrite=True` to replace it, or choose another name with `key_added`."
             )
+
+
+def add_element(sdata: SpatialData, key: str, element: Any, overwrite: bool = False) -> None:
+    """Add an element/table under ``key``, refusing to replace existing data unless asked to."""
+    check_free(sdata, [key], overwrite)
+    if key in sdata:
         del sdata[key]
     sdata[key] = element
 

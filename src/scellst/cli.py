@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             sdata = sst.io.read_hest(args.hest, args.sample)
         else:
+            if args.fullres_image is None:
+                print(
+                    "error: --visium needs --fullres-image <full-resolution H&E TIFF>: nuclei are "
+                    "segmented at full resolution, which Space Ranger's hires/lowres PNGs lack.",
+                    file=sys.stderr,
+                )
+                return 2
             sdata = sst.io.read_visium(args.visium, fullres_image_file=args.fullres_image)
         genes = (
             args.genes

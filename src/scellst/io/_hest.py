@@ -67,17 +67,18 @@ def read_hest(
 
     Returns
     -------
-    A SpatialData object with
+    SpatialData
+        A SpatialData object with
 
-    - image ``image_key``: the H&E, (c, y, x) uint8 with channels ``r, g, b``;
-    - shapes ``"spots"``: one circle per spot (centre and radius in full-resolution pixels),
-      indexed by the integers ``0..n-1``;
-    - table ``"spots_table"``: the sample's AnnData (``X`` raw counts, spot names as obs names),
-      annotating ``"spots"`` through ``obs["region"]`` and ``obs["spot_id"]``; ``uns["scellst"]``
-      records the reader, sample id, microns per pixel and spot diameter.
+        - image ``image_key``: the H&E, (c, y, x) uint8 with channels ``r, g, b``;
+        - shapes ``"spots"``: one circle per spot (centre and radius in full-resolution pixels),
+          indexed by the integers ``0..n-1``;
+        - table ``"spots_table"``: the sample's AnnData (``X`` raw counts, spot names as obs names),
+          annotating ``"spots"`` through ``obs["region"]`` and ``obs["spot_id"]``; ``uns["scellst"]``
+          records the reader, sample id, microns per pixel and spot diameter.
 
-    Every element has an Identity to the coordinate system ``sample_id`` (full-resolution pixels)
-    and a ``Scale`` to ``"microns"``.
+        Every element has an Identity to the coordinate system ``sample_id`` (full-resolution pixels)
+        and a ``Scale`` to ``"microns"``.
 
     Raises
     ------

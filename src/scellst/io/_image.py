@@ -58,8 +58,9 @@ def read_image(
 
     Returns
     -------
-    A SpatialData object with the single image element ``image_key`` (coordinate systems
-    ``"global"`` in pixels and ``"microns"``).
+    SpatialData
+        A SpatialData object with the single image element ``image_key`` (coordinate systems
+        ``"global"`` in pixels and ``"microns"``).
 
     Raises
     ------

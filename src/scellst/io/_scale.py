@@ -32,7 +32,8 @@ def microns_per_pixel(sdata: SpatialData, image_key: str | None = None) -> float
 
     Returns
     -------
-    The isotropic pixel size in µm.
+    float
+        The isotropic pixel size in µm.
 
     Raises
     ------

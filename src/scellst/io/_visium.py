@@ -63,16 +63,17 @@ def read_visium(
 
     Returns
     -------
-    The SpatialData object of :func:`spatialdata_io.visium`, where ``<id>`` is the dataset id:
+    SpatialData
+        The SpatialData object of :func:`spatialdata_io.visium`, where ``<id>`` is the dataset id:
 
-    - images ``<id>_full_image`` (if ``fullres_image_file``), ``<id>_hires_image``,
-      ``<id>_lowres_image``;
-    - shapes ``<id>``: the spot circles in full-resolution pixels, with a ``radius``;
-    - table ``"table"``: counts, annotating ``<id>`` through ``obs["region"]``/``obs["spot_id"]``;
-      ``uns["scellst"]`` records the reader, dataset id and microns per pixel.
+        - images ``<id>_full_image`` (if ``fullres_image_file``), ``<id>_hires_image``,
+          ``<id>_lowres_image``;
+        - shapes ``<id>``: the spot circles in full-resolution pixels, with a ``radius``;
+        - table ``"table"``: counts, annotating ``<id>`` through ``obs["region"]``/``obs["spot_id"]``;
+          ``uns["scellst"]`` records the reader, dataset id and microns per pixel.
 
-    All of them have a transformation to ``"microns"`` besides spatialdata-io's ``<id>``,
-    ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` systems.
+        All of them have a transformation to ``"microns"`` besides spatialdata-io's ``<id>``,
+        ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` systems.
 
     Raises
     ------

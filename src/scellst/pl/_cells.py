@@ -75,7 +75,8 @@ def cells(
 
     Returns
     -------
-    The matplotlib Axes (axis units: µm).
+    matplotlib.axes.Axes
+        The matplotlib Axes (axis units: µm).
 
     Examples
     --------

@@ -10,18 +10,7 @@ from spatialdata import SpatialData
 from spatialdata.models import ShapesModel, TableModel
 
 from .._sdata import add_element, transformations_of
-from ..constants import CELL_ID, REGION_KEY, SPATIAL_OBSM, UNS_KEY, cells_table_key, check_key
-
-
-def check_free(sdata: SpatialData, keys: list[str], overwrite: bool) -> None:
-    """Fail before any work if an output key is taken (and ``overwrite`` is False)."""
-    for key in keys:
-        check_key(key, "key_added")
-        if key in sdata and not overwrite:
-            raise KeyError(
-                f"The SpatialData object already has an element named {key!r}. Pass "
-                "`overwrite=True` to replace it, or choose another name with `key_added`."
-            )
+from ..constants import CELL_ID, REGION_KEY, SPATIAL_OBSM, UNS_KEY, cells_table_key
 
 
 def write_cells(

@@ -28,16 +28,19 @@ class WatershedParams:
     background_radius_um: float = 8.0
     #: Minimal distance between two nucleus seeds (about the smallest nucleus radius).
     min_seed_distance_um: float = 2.5
-    #: Objects outside [min_area, max_area] are discarded.
+    #: Smallest nucleus area kept.
     min_area_um2: float = 8.0
+    #: Largest nucleus area kept (also sets the tile overlap).
     max_area_um2: float = 400.0
     #: Tissue = smoothed total optical density above this (white glass/background is ~0.05).
     tissue_od: float = 0.15
+    #: Smoothing of the optical density for the tissue mask.
     tissue_smooth_um: float = 5.0
     #: Threshold on the hematoxylin top-hat; estimated once per slide when None.
     threshold: float | None = None
 
     def to_dict(self) -> dict:
+        """The parameters as a plain dict (recorded in the cells table's ``uns``)."""
         return asdict(self)
 
 

@@ -56,8 +56,9 @@ def assign_cells(
 
     Returns
     -------
-    ``None``. Adds ``obs[key_added]`` to the cells table and records the spots element in
-    ``uns["scellst"]["assignment"]``.
+    None
+        Adds ``obs[key_added]`` to the cells table and records the spots element in
+        ``uns["scellst"]["assignment"]``.
     """
     table_key = cells_table_key(cells_key)
     if table_key not in sdata.tables:

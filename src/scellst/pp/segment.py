@@ -12,6 +12,7 @@ from spatialdata import SpatialData
 
 from .._sdata import (
     apply_matrix,
+    check_free,
     element_to_image_matrix,
     image_level0,
     image_levels,
@@ -22,7 +23,7 @@ from .._sdata import (
 )
 from ..constants import CELLS_KEY, cells_table_key
 from ..io._scale import microns_per_pixel
-from ._cells import check_free, write_cells
+from ._cells import write_cells
 from ._polygons import owned_nuclei
 from ._stains import optical_density
 from ._tiles import Tile, map_tiles, tile_grid
@@ -86,10 +87,11 @@ def segment(
 
     Returns
     -------
-    ``None``. Adds the polygons ``sdata[key_added]`` (one per nucleus, image pixel coordinates,
-    with the image's transformations) and the table ``sdata[f"{key_added}_table"]`` with
-    ``obs``: ``cell_id``, ``area_um2``, ``mean_hematoxylin``; ``obsm["spatial"]``: centroids (x, y)
-    in pixels; ``uns["scellst"]["segmentation"]``: method and parameters.
+    None
+        Adds the polygons ``sdata[key_added]`` (one per nucleus, image pixel coordinates,
+        with the image's transformations) and the table ``sdata[f"{key_added}_table"]`` with
+        ``obs``: ``cell_id``, ``area_um2``, ``mean_hematoxylin``; ``obsm["spatial"]``: centroids (x, y)
+        in pixels; ``uns["scellst"]["segmentation"]``: method and parameters.
 
     Examples
     --------

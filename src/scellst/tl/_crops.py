@@ -23,11 +23,16 @@ CROP_MPP = 0.25
 class CropBatch:
     """Crops of a set of cells, all at the same physical size and resolution."""
 
-    index: np.ndarray  # positions of the cells in the cells table
-    images: np.ndarray  # (n, S, S, 3) uint8 RGB
-    masks: np.ndarray  # (n, S, S) bool: the cell's own nucleus
-    padded: np.ndarray  # (n,) bool: the crop went past the image border (filled with white)
-    mpp: float  # µm per pixel of the crops
+    #: Positions of the cells in the cells table.
+    index: np.ndarray
+    #: (n, S, S, 3) uint8 RGB crops centred on the nuclei.
+    images: np.ndarray
+    #: (n, S, S) bool: each cell's own nucleus.
+    masks: np.ndarray
+    #: (n,) bool: the crop went past the image border (filled with white).
+    padded: np.ndarray
+    #: µm per pixel of the crops.
+    mpp: float
 
 
 def crop_pixels(crop_size_um: float, crop_mpp: float) -> int:

@@ -12,7 +12,7 @@ from ._crops import CropBatch
 
 @runtime_checkable
 class Encoder(Protocol):
-    """An encoder maps a :class:`CropBatch` to an ``(n, dim)`` float array.
+    """An encoder maps a :class:`~scellst.tl.CropBatch` to an ``(n, dim)`` float array.
 
     ``prepare`` (optional) sees the whole cells table first, for features that need every cell
     at once (e.g. neighbourhood statistics). ``provenance`` is stored in the table's ``uns``.
@@ -20,9 +20,13 @@ class Encoder(Protocol):
 
     name: str
 
-    def feature_names(self) -> list[str]: ...
+    def feature_names(self) -> list[str]:
+        """Names of the output features, in column order."""
+        ...
 
-    def encode(self, batch: CropBatch) -> np.ndarray: ...
+    def encode(self, batch: CropBatch) -> np.ndarray:
+        """Features of the cells of ``batch``, shape ``(len(batch.index), dim)``."""
+        ...
 
 
 class CallableEncoder:

@@ -39,6 +39,7 @@ class MILModel:
     # ---- construction -----------------------------------------------------------------------
     @classmethod
     def build(cls, config: dict) -> MILModel:
+        """An untrained model for a configuration (as stored in ``config.json``)."""
         module = CellMLP(
             config["n_features"],
             len(config["genes"]),
@@ -51,9 +52,11 @@ class MILModel:
 
     @property
     def genes(self) -> list[str]:
+        """The predicted genes, in output order."""
         return list(self.config["genes"])
 
     def to(self, device: str | torch.device | None) -> MILModel:
+        """Move the model to ``device`` (``None``: a GPU when available, else the CPU)."""
         self.device = torch.device(device) if device is not None else default_device()
         self.module.to(self.device)
         if self.log_theta is not None:

@@ -34,8 +34,8 @@ class MorphologyEncoder:
     name = "morphology"
     #: Crop geometry: 18 µm at 0.5 µm/px is enough for hand-made features (4x fewer pixels
     #: than the CNN crops) and keeps every feature in the same physical units across slides.
-    crop_size_um = 18.0
-    crop_mpp = 0.5
+    crop_size_um: float = 18.0
+    crop_mpp: float = 0.5
     #: Cells per feature computation (bounds memory).
     chunk = 1024
 
@@ -44,6 +44,7 @@ class MorphologyEncoder:
         self._per_cell: np.ndarray | None = None
 
     def feature_names(self) -> list[str]:
+        """Shape, then crop intensity/texture, then neighbourhood feature names."""
         return _SHAPE + _INTENSITY + _CONTEXT
 
     def prepare(self, geometry: np.ndarray, centroids_um: np.ndarray, image_mpp: float) -> None:
@@ -76,6 +77,7 @@ class MorphologyEncoder:
         self._per_cell = np.column_stack([shape, context]).astype(np.float32)
 
     def encode(self, batch: CropBatch) -> np.ndarray:
+        """Features of the cells in ``batch`` (call :meth:`prepare` once before)."""
         if self._per_cell is None:
             raise RuntimeError("MorphologyEncoder.prepare must run before encode.")
         crop = (

@@ -8,9 +8,9 @@ import numpy as np
 import shapely
 from spatialdata import SpatialData
 
-from .._sdata import add_element, apply_matrix, element_to_image_matrix, image_level0
+from .._sdata import add_element, apply_matrix, check_free, element_to_image_matrix, image_level0
 from .._sdata import image_key as resolve_image_key
-from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, SPATIAL_OBSM, UNS_KEY, check_key
+from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, SPATIAL_OBSM, UNS_KEY
 from ..io._scale import microns_per_pixel
 from ._crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops
 from ._encoder import resolve_encoder
@@ -63,21 +63,17 @@ def embed(
 
     Returns
     -------
-    ``None``. Adds table ``sdata[key_added]`` (one row per cell, linked to ``cells_key``) with
-    ``obsm["X_sst"]`` (cells × features), ``obs["crop_padded"]`` (crop reached the image border)
-    and ``uns["scellst"]["embedding"]`` (encoder, feature names, crop geometry).
+    None
+        Adds table ``sdata[key_added]`` (one row per cell, linked to ``cells_key``) with
+        ``obsm["X_sst"]`` (cells × features), ``obs["crop_padded"]`` (crop reached the image border)
+        and ``uns["scellst"]["embedding"]`` (encoder, feature names, crop geometry).
 
     Examples
     --------
     >>> sst.tl.embed(sdata)
     >>> sdata["sst_embedding"].obsm["X_sst"].shape
     """
-    check_key(key_added, "key_added")
-    if key_added in sdata and not overwrite:
-        raise KeyError(
-            f"The SpatialData object already has an element named {key_added!r}. Pass "
-            "`overwrite=True` to replace it, or choose another name with `key_added`."
-        )
+    check_free(sdata, [key_added], overwrite)
     cells = cells_table(sdata, cells_key)
     if image_key is None:
         image_key = cells.uns.get(UNS_KEY, {}).get("segmentation", {}).get("image_key")

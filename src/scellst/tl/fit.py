@@ -91,7 +91,8 @@ def fit(
 
     Returns
     -------
-    The trained :class:`MILModel` (its ``history`` holds the loss curves).
+    MILModel
+        The trained :class:`MILModel` (its ``history`` holds the loss curves).
 
     Examples
     --------

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 from spatialdata import SpatialData
 
-from .._sdata import add_element
-from ..constants import EMBEDDING_KEY, EMBEDDING_OBSM, EXPRESSION_KEY, UNS_KEY, check_key
+from .._sdata import add_element, check_free
+from ..constants import EMBEDDING_KEY, EMBEDDING_OBSM, EXPRESSION_KEY, UNS_KEY
 from ._model import MILModel
 from ._tables import cells_table, result_table
 
@@ -41,26 +41,22 @@ def predict(
 
     Returns
     -------
-    ``None``. Adds table ``sdata[key_added]``: cells × model genes, ``X`` = predicted
-    log-normalised expression (``log1p`` of counts per 10,000), ``layers["counts"]`` = expected
-    counts at the training median depth (count losses only), ``obs`` = the cells' ids, area and
-    spot assignment, ``obsm["spatial"]`` = centroids; linked to the cell shapes, ready for
-    ``scanpy.pp.neighbors`` and ``squidpy.gr.spatial_neighbors``.
+    None
+        Adds table ``sdata[key_added]``: cells × model genes, ``X`` = predicted
+        log-normalised expression (``log1p`` of counts per 10,000), ``layers["counts"]`` = expected
+        counts at the training median depth (count losses only), ``obs`` = the cells' ids, area and
+        spot assignment, ``obsm["spatial"]`` = centroids; linked to the cell shapes, ready for
+        ``scanpy.pp.neighbors`` and ``squidpy.gr.spatial_neighbors``.
 
     Examples
     --------
     >>> sst.tl.predict(sdata, model)
     >>> sc.pp.neighbors(sdata["sst_expression"])
     """
-    check_key(key_added, "key_added")
+    check_free(sdata, [key_added], overwrite)
     if not isinstance(model, MILModel):
         raise TypeError(
             f"`model` must be a MILModel from sst.tl.fit or MILModel.load, got {type(model).__name__}."
-        )
-    if key_added in sdata and not overwrite:
-        raise KeyError(
-            f"The SpatialData object already has an element named {key_added!r}. Pass "
-            "`overwrite=True` to replace it, or choose another name with `key_added`."
         )
     if embedding_key not in sdata.tables:
         raise KeyError(f"No embedding table {embedding_key!r}: run `sst.tl.embed(sdata)` first.")

@@ -1,0 +1,32 @@
+"""Wall time and peak resident memory of a block of code (RSS sampled every 20 ms)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import psutil
+
+
+@contextmanager
+def measure(results: dict, name: str):
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        results[name] = {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak[0] / 1e9}
+        print(f"{name:>14}: {results[name]['seconds']:7.1f} s   peak RSS {results[name]['peak_rss_gb']:.2f} GB", flush=True)
