@@ -29,4 +29,7 @@ def measure(results: dict, name: str):
         thread.join()
         peak[0] = max(peak[0], proc.memory_info().rss)
         results[name] = {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak[0] / 1e9}
-        print(f"{name:>14}: {results[name]['seconds']:7.1f} s   peak RSS {results[name]['peak_rss_gb']:.2f} GB", flush=True)
+        print(
+            f"{name:>14}: {results[name]['seconds']:7.1f} s   peak RSS {results[name]['peak_rss_gb']:.2f} GB",
+            flush=True,
+        )

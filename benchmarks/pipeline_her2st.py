@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import measure  # noqa: E402
+from _measure import measure
 
-import scellst as sst  # noqa: E402
+import scellst as sst
 
 
 def main() -> None:
@@ -30,7 +30,9 @@ def main() -> None:
     root = args.shared / "data" / "her2st"
     if not root.is_dir():
         sys.exit(f"her2st data not found at {root}; pass --shared")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; sample {args.sample}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; sample {args.sample}"
+    )
     r: dict = {}
     with measure(r, "read_hest"):
         sdata = sst.io.read_hest(root, args.sample)

@@ -21,7 +21,13 @@ from scellst.tl._evaluate import match_truth_cells, pearson_per_gene
 def score(sdata) -> dict[str, float]:
     truth, pred = sdata["truth_expression"], sdata["sst_expression"]
     rows, truth_rows = match_truth_cells(sdata)
-    r = dict(zip(pred.var_names, pearson_per_gene(pred.X[rows], truth[:, pred.var_names].X[truth_rows]), strict=True))
+    r = dict(
+        zip(
+            pred.var_names,
+            pearson_per_gene(pred.X[rows], truth[:, pred.var_names].X[truth_rows]),
+            strict=True,
+        )
+    )
     markers = [g for gs in truth.uns["marker_genes"].values() for g in gs]
     return {
         "markers": float(np.mean([r[g] for g in markers])),
@@ -41,7 +47,9 @@ def main() -> None:
     print("seed loss      cells spots  markers  morph   all    (shuffled markers)  seconds")
     for seed in args.seeds:
         t0 = time.time()
-        sdata = sst.datasets.synthetic(shape=(args.size, args.size), spot_pitch_um=args.spot_pitch_um, seed=seed)
+        sdata = sst.datasets.synthetic(
+            shape=(args.size, args.size), spot_pitch_um=args.spot_pitch_um, seed=seed
+        )
         sst.pp.segment(sdata, progress=False)
         sst.pp.assign_cells(sdata)
         sst.tl.embed(sdata, progress=False)

@@ -37,7 +37,7 @@ def read_hest(
     sample_id: str,
     *,
     image_key: str = IMAGE_KEY,
-    chunks: int = 2048,
+    chunks: int = 512,
     microns_per_pixel: float | None = None,
 ) -> SpatialData:
     """Read one sample of a HEST-1k style dataset into a new SpatialData object.

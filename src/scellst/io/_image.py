@@ -31,7 +31,7 @@ def read_image(
     microns_per_pixel: float | None = None,
     *,
     image_key: str = IMAGE_KEY,
-    chunks: int = 2048,
+    chunks: int = 512,
 ) -> SpatialData:
     """Read an H&E slide without transcriptomics into a new SpatialData object.
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import shapely
-from scipy import ndimage as ndi
 
-from ._stains import hematoxylin_eosin
+from ._stains import optical_density, stain
 from ._tiles import Tile
-
-
-def _tile_pixel_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    h, w = shape
-    return np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h)
 
 
 def owned_nuclei(labels: np.ndarray, rgb: np.ndarray, tile: Tile) -> dict[str, np.ndarray]:
@@ -28,61 +22,104 @@ def owned_nuclei(labels: np.ndarray, rgb: np.ndarray, tile: Tile) -> dict[str, n
             f"The segmentation returned labels of shape {labels.shape} for a tile of shape "
             f"{rgb.shape[:2]}; a segmentation callable must return one label per pixel."
         )
-    labels = labels.astype(np.int64, copy=False)
+    labels = labels.astype(np.int32, copy=False)
     flat = labels.ravel()
-    n = int(flat.max(initial=0))
-    empty = {
-        "geometry": np.empty(0, dtype=object),
-        "x": np.empty(0),
-        "y": np.empty(0),
-        "area_px": np.empty(0),
-        "mean_hematoxylin": np.empty(0),
-    }
-    if n == 0:
-        return empty
-    rows, cols = _tile_pixel_grid(labels.shape)
-    count = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    count = np.bincount(flat)
     present = np.flatnonzero(count[1:]) + 1
-    cy = np.bincount(flat, weights=rows, minlength=n + 1)[present] / count[present] + tile.wy0
-    cx = np.bincount(flat, weights=cols, minlength=n + 1)[present] / count[present] + tile.wx0
-    # ownership uses the pixel-index centroid; the stored centroid is the pixel centre (+0.5)
-    own = tile.owns(np.floor(cy + 0.5), np.floor(cx + 0.5))
-    ids, cx, cy = present[own], cx[own], cy[own]
-    if ids.size == 0:
-        return empty
-    h, _ = hematoxylin_eosin(rgb)
-    mean_h = np.bincount(flat, weights=h.ravel(), minlength=n + 1)[ids] / count[ids]
-
-    slices = ndi.find_objects(labels)
-    polygons = np.empty(ids.size, dtype=object)
-    for i, lab in enumerate(ids):
-        sl = slices[lab - 1]
-        mask = (labels[sl] == lab).astype(np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        contour = max(contours, key=len)[:, 0, :].astype(np.float64)
-        contour[:, 0] += sl[1].start + tile.wx0 + 0.5
-        contour[:, 1] += sl[0].start + tile.wy0 + 0.5
-        polygons[i] = contour
+    if present.size == 0:
+        return {
+            "geometry": np.empty(0, dtype=object),
+            "area_px": np.empty(0),
+            "mean_hematoxylin": np.empty(0),
+        }
+    rings = [c + [tile.wx0 + 0.5, tile.wy0 + 0.5] for c in _contours_of(labels, present)]
+    geometry = polygons_from_pixel_contours(rings, count[present])
+    centroid = shapely.get_coordinates(shapely.centroid(geometry))
+    own = tile.owns(np.floor(centroid[:, 1]), np.floor(centroid[:, 0]))
+    ids = present[own]
+    h = stain(optical_density(rgb), 0)
+    mean_h = np.bincount(flat, weights=h.ravel(), minlength=len(count))[ids] / count[ids]
     return {
-        "geometry": polygons_from_pixel_contours(polygons),
-        "x": cx + 0.5,
-        "y": cy + 0.5,
-        "area_px": count[ids],
+        "geometry": geometry[own],
+        "area_px": count[ids].astype(float),
         "mean_hematoxylin": mean_h,
     }
 
 
-def polygons_from_pixel_contours(contours: np.ndarray) -> np.ndarray:
+def polygons_from_pixel_contours(contours, area_px: np.ndarray) -> np.ndarray:
     """Contours through pixel centres -> polygons following the pixels' outer edges.
 
     A contour through pixel centres loses half a pixel all around (a third of the area of a
-    10-pixel nucleus); buffering by half a pixel restores it.
+    10-pixel nucleus). Each ring is scaled about its centre so that its area matches the
+    object's pixel count, which is much cheaper than buffering every polygon. Degenerate
+    contours (one pixel, a line) become their pixels' bounding box. All polygons are built in
+    one vectorised call.
     """
-    polys = np.empty(len(contours), dtype=object)
-    for i, c in enumerate(contours):
-        if len(c) >= 3:
-            polys[i] = shapely.Polygon(c)
-        else:  # one- or two-pixel objects: their pixel centres
-            polys[i] = shapely.MultiPoint(c).convex_hull
-    polys = shapely.buffer(polys, 0.5, quad_segs=1, join_style="mitre")
-    return shapely.simplify(polys, 0.2)
+    rings = list(contours)
+    if not rings:
+        return np.empty(0, dtype=object)
+    area_px = np.array(area_px, dtype=float)
+    xy, starts, lengths, area = _rings_area(rings)
+    for i in np.flatnonzero((lengths < 3) | (area < 1.0)):
+        (x0, y0), (x1, y1) = rings[i].min(0) - 0.5, rings[i].max(0) + 0.5
+        rings[i] = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        area_px[i] = (x1 - x0) * (y1 - y0)
+    xy, starts, lengths, area = _rings_area(rings)
+    centre = np.add.reduceat(xy, starts, axis=0) / lengths[:, None]
+    factor = np.sqrt(area_px / np.maximum(area, 1e-9))
+    # thin or spiky rings lose much more than their area by the half-pixel: scaling them would
+    # overshoot, so they are buffered instead (below)
+    thin = factor > 1.5
+    factor = np.where(thin, 1.0, np.maximum(factor, 1.0))
+    rep = np.repeat(np.arange(len(rings)), lengths)
+    xy = centre[rep] + (xy - centre[rep]) * factor[rep, None]
+    # close each ring (repeat its first point) for shapely's ragged-array constructor
+    closed = np.insert(xy, starts + lengths, xy[starts], axis=0)
+    ring_offsets = np.concatenate([[0], np.cumsum(lengths + 1)])
+    geom_offsets = np.arange(len(rings) + 1)
+    polys = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, closed, (ring_offsets, geom_offsets)
+    )
+    if thin.any():
+        polys[thin] = shapely.buffer(polys[thin], 0.5, quad_segs=1, join_style="mitre")
+    # contours through one-pixel necks touch themselves: repair those few rings
+    for i in np.flatnonzero(~shapely.is_valid(polys)):
+        parts = shapely.get_parts(
+            shapely.make_valid(polys[i], method="structure", keep_collapsed=False)
+        )
+        parts = parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON]
+        if len(parts):
+            polys[i] = parts[np.argmax(shapely.area(parts))]
+    return polys
+
+
+def _rings_area(rings: list[np.ndarray]):
+    """Concatenated coordinates, ring starts/lengths and shoelace areas of many rings at once."""
+    lengths = np.array([len(r) for r in rings])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    xy = np.concatenate(rings).astype(np.float64)
+    nxt = np.arange(len(xy)) + 1
+    nxt[starts + lengths - 1] = starts
+    cross = xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1]
+    return xy, starts, lengths, 0.5 * np.abs(np.add.reduceat(cross, starts))
+
+
+def _contours_of(labels: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """Outer contour (pixel centres, x/y in the label image) of each label in ``ids``.
+
+    One OpenCV call traces every region of the label image; a label's outer contour is the
+    longest of the contours that start on it (the others are the edges of its holes).
+    """
+    contours, _ = cv2.findContours(
+        labels.astype(np.int32), cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    best: dict[int, np.ndarray] = {}
+    h, w = labels.shape
+    for c in contours:
+        x, y = c[0, 0]
+        if x >= w or y >= h:  # the frame of the image itself
+            continue
+        lab = int(labels[y, x])
+        if lab and (lab not in best or len(c) > len(best[lab])):
+            best[lab] = c
+    return [best[int(i)][:, 0, :].astype(np.float64) for i in ids]

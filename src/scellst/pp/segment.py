@@ -23,6 +23,7 @@ from .._sdata import (
 )
 from ..constants import CELLS_KEY, cells_table_key
 from ..io._scale import microns_per_pixel
+from ._cellpose import CellposeSegmenter
 from ._cells import write_cells
 from ._polygons import owned_nuclei
 from ._stains import optical_density
@@ -135,10 +136,12 @@ def segment(
 def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs, progress):
     img = image_level0(sdata, key)
     shape = (int(img.sizes["y"]), int(img.sizes["x"]))
+    if isinstance(method, str) and method == "cellpose":
+        method, params = CellposeSegmenter(**params), {}
     if isinstance(method, str):
         if method != "watershed":
             raise ValueError(
-                f"Unknown segmentation method {method!r}: use 'watershed', a callable "
+                f"Unknown segmentation method {method!r}: use 'watershed', 'cellpose', a callable "
                 "f(rgb_tile, microns_per_pixel) -> labels, or shapes_key=<existing shapes>."
             )
         unknown = set(params) - set(WatershedParams.__dataclass_fields__)
@@ -160,11 +163,13 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
         fn: SegmentFn = segmenter
     elif callable(method):
         fn = method
-        margin_um = margin_um or 30.0
+        margin_um = margin_um or getattr(method, "margin_um", None) or 30.0
         info = {
             "method": getattr(method, "__name__", type(method).__name__),
             "params": dict(params),
         }
+        if isinstance(method, CellposeSegmenter):
+            info.update(method=method.name, params={**params, **method.params})
     else:
         raise TypeError(f"`method` must be 'watershed' or a callable, got {type(method).__name__}.")
     margin = int(math.ceil(margin_um / mpp))
@@ -185,7 +190,6 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
     )
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     geometry = merged.pop("geometry")
-    merged.pop("x"), merged.pop("y")
     return geometry, merged, info
 
 
