@@ -138,3 +138,73 @@ def test_existing_output_is_not_overwritten(synthetic_small):
         sst.pp.segment(sdata, progress=False)
     sst.pp.segment(sdata, progress=False, overwrite=True, params={"min_area_um2": 30})
     assert len(sdata["sst_cells"]) < n
+
+
+def test_interrupted_run_resumes_from_checkpoint(synthetic_small, tmp_path):
+    from scipy import ndimage as ndi
+
+    calls = []
+
+    def dark(rgb, mpp):
+        calls.append(1)
+        if fail_after is not None and len(calls) > fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        return ndi.label(rgb.mean(-1) < 110)[0]
+
+    reference = _image_only(synthetic_small)
+    fail_after = None
+    sst.pp.segment(reference, method=dark, tile_size=256, progress=False, n_jobs=1)
+    n_tiles = len(calls)
+    assert n_tiles == 16
+
+    sdata = _image_only(synthetic_small)
+    calls.clear()
+    fail_after = 5
+    with pytest.raises(KeyboardInterrupt):
+        sst.pp.segment(
+            sdata,
+            method=dark,
+            tile_size=256,
+            progress=False,
+            n_jobs=1,
+            checkpoint=tmp_path / "ckpt",
+        )
+    assert "sst_cells" not in sdata
+    calls.clear()
+    fail_after = None
+    sst.pp.segment(
+        sdata, method=dark, tile_size=256, progress=False, n_jobs=1, checkpoint=tmp_path / "ckpt"
+    )
+    assert len(calls) == n_tiles - 5  # finished tiles were not redone
+    a, b = reference["sst_cells"].geometry.to_numpy(), sdata["sst_cells"].geometry.to_numpy()
+    assert len(a) == len(b) and all(shapely.equals_exact(a, b, tolerance=1e-9))
+    np.testing.assert_allclose(
+        reference["sst_cells_table"].obs["area_um2"], sdata["sst_cells_table"].obs["area_um2"]
+    )
+    # other settings may not reuse the directory
+    with pytest.raises(ValueError, match="other settings"):
+        sst.pp.segment(
+            sdata,
+            method=dark,
+            tile_size=128,
+            progress=False,
+            checkpoint=tmp_path / "ckpt",
+            key_added="x",
+        )
+
+
+def test_tiles_run_on_a_dask_distributed_cluster(synthetic_small):
+    from distributed import Client, LocalCluster
+
+    local, remote = _image_only(synthetic_small), _image_only(synthetic_small)
+    sst.pp.segment(local, tile_size=300, progress=False)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        sst.pp.segment(remote, tile_size=300, progress=False)
+    np.testing.assert_allclose(
+        local["sst_cells_table"].obsm["spatial"], remote["sst_cells_table"].obsm["spatial"]
+    )

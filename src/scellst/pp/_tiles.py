@@ -54,6 +54,18 @@ def tile_grid(shape_yx: tuple[int, int], tile_size: int, margin: int) -> list[Ti
     return tiles
 
 
+def active_client():
+    """The active dask.distributed client, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
 def map_tiles(
     fn: Callable[[Tile], T],
     tiles: list[Tile],
@@ -62,10 +74,16 @@ def map_tiles(
     desc: str = "tiles",
     progress: bool = True,
 ) -> Iterator[T]:
-    """Apply ``fn`` to each tile in threads (NumPy/OpenCV/scikit-image release the GIL), in order.
+    """Apply ``fn`` to each tile and yield the results in order, with a progress bar.
 
-    At most ``2 * n_jobs`` tiles are in flight, so memory is bounded by the tile size.
+    Locally the tiles run in threads (NumPy/OpenCV/scikit-image release the GIL); when a
+    ``dask.distributed`` client is active they are submitted to its workers instead. Either way at
+    most ``2 * workers`` tiles are in flight, so memory is bounded by the tile size.
     """
+    client = active_client()
+    if client is not None:
+        yield from _map_distributed(client, fn, tiles, desc, progress)
+        return
     n_jobs = n_jobs or min(len(tiles), os.cpu_count() or 1) or 1
     bar = tqdm(total=len(tiles), desc=desc, disable=not progress, unit="tile")
     try:
@@ -85,5 +103,24 @@ def map_tiles(
             for fut in pending:
                 yield fut.result()
                 bar.update()
+    finally:
+        bar.close()
+
+
+def _map_distributed(client, fn, tiles, desc, progress):
+    n_workers = max(1, sum(client.nthreads().values()))
+    bar = tqdm(
+        total=len(tiles), desc=f"{desc} (dask.distributed)", disable=not progress, unit="tile"
+    )
+    try:
+        pending = []
+        for t in tiles:
+            pending.append(client.submit(fn, t, pure=False))
+            if len(pending) >= 2 * n_workers:
+                yield pending.pop(0).result()
+                bar.update()
+        for fut in pending:
+            yield fut.result()
+            bar.update()
     finally:
         bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -25,6 +26,7 @@ from ..constants import CELLS_KEY, cells_table_key
 from ..io._scale import microns_per_pixel
 from ._cellpose import CellposeSegmenter
 from ._cells import write_cells
+from ._checkpoint import TileCheckpoint
 from ._polygons import owned_nuclei
 from ._stains import optical_density
 from ._tiles import Tile, map_tiles, tile_grid
@@ -47,6 +49,7 @@ def segment(
     margin_um: float | None = None,
     n_jobs: int | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
     overwrite: bool = False,
 ) -> None:
     """Segment the nuclei of an H&E image into polygons.
@@ -63,9 +66,12 @@ def segment(
         The image; may be omitted when there is one.
     method
         ``"watershed"``: weight-free classical segmentation (hematoxylin colour deconvolution,
-        top-hat, slide-wide Otsu threshold, distance-transform watershed; sizes in µm). Or a callable
-        ``f(rgb_tile, microns_per_pixel) -> labels`` returning an integer label image of the tile
-        (0 = background), run with the same tiling and stitching.
+        top-hat, slide-wide Otsu threshold, distance-transform watershed; sizes in µm).
+        ``"cellpose"``: cellpose 4 (:class:`~scellst.pp.CellposeSegmenter`) with local weights
+        only (``params={"pretrained_model": <file>}`` or ``CELLPOSE_LOCAL_MODELS_PATH``); a GPU
+        is used when available. Or a callable ``f(rgb_tile, microns_per_pixel) -> labels``
+        returning an integer label image of the tile (0 = background), run with the same tiling
+        and stitching.
     shapes_key
         Instead of segmenting, adopt the nuclei of an existing shapes element (e.g. Xenium nucleus
         boundaries or imported CellViT polygons). They are copied into ``key_added`` in the
@@ -73,16 +79,22 @@ def segment(
     key_added
         Name of the new shapes element; its table is ``f"{key_added}_table"``.
     params
-        Overrides of :class:`~scellst.pp.WatershedParams` (sizes in µm), e.g.
-        ``{"min_area_um2": 10, "threshold": 0.3}``.
+        With ``"watershed"``: overrides of :class:`~scellst.pp.WatershedParams` (sizes in µm),
+        e.g. ``{"min_area_um2": 10, "threshold": 0.3}``. With ``"cellpose"``: arguments of
+        :class:`~scellst.pp.CellposeSegmenter`.
     tile_size
         Tile side in pixels (memory per worker is a few times ``(tile_size + 2 margin)² × 3`` bytes).
     margin_um
         Tile overlap in µm. Default: the largest nucleus diameter plus the background context.
     n_jobs
-        Worker threads (default: all cores).
+        Worker threads (default: all cores). When a ``dask.distributed`` client is active, tiles
+        are sent to its workers instead.
     progress
         Show a progress bar.
+    checkpoint
+        Directory where each finished tile is saved. Re-running with the same directory (after an
+        interruption) loads the finished tiles instead of segmenting them again; a directory
+        written with other settings is refused. Delete it once the result is saved.
     overwrite
         Replace existing elements named ``key_added`` / ``f"{key_added}_table"``.
 
@@ -107,7 +119,16 @@ def segment(
         geometry, obs_extra, info = _adopt_shapes(sdata, shapes_key, key)
     else:
         geometry, obs_extra, info = _segment_image(
-            sdata, key, mpp, method, params or {}, tile_size, margin_um, n_jobs, progress
+            sdata,
+            key,
+            mpp,
+            method,
+            params or {},
+            tile_size,
+            margin_um,
+            n_jobs,
+            progress,
+            checkpoint,
         )
     if len(geometry) == 0:
         raise ValueError(
@@ -133,7 +154,9 @@ def segment(
     log.info("segment: %d nuclei written to %r", len(geometry), key_added)
 
 
-def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs, progress):
+def _segment_image(
+    sdata, key, mpp, method, params, tile_size, margin_um, n_jobs, progress, checkpoint
+):
     img = image_level0(sdata, key)
     shape = (int(img.sizes["y"]), int(img.sizes["x"]))
     if isinstance(method, str) and method == "cellpose":
@@ -175,9 +198,20 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
     margin = int(math.ceil(margin_um / mpp))
     info.update(tile_size=tile_size, margin_px=margin)
 
+    store = None
+    if checkpoint is not None:
+        settings = {"image": key, "shape": list(shape), "microns_per_pixel": mpp, **info}
+        store = TileCheckpoint(checkpoint, settings)
+
     def run(tile: Tile) -> dict[str, np.ndarray]:
+        if store is not None and (done := store.load(tile)) is not None:
+            return done
         rgb = read_rgb(img, tile.wy0, tile.wy1, tile.wx0, tile.wx1)
-        return owned_nuclei(fn(rgb, mpp), rgb, tile)
+        found = owned_nuclei(fn(rgb, mpp), rgb, tile)
+        result = {"geometry": found.pop("geometry"), **{f"obs_{k}": v for k, v in found.items()}}
+        if store is not None:
+            store.save(tile, result)
+        return result
 
     parts = list(
         map_tiles(
@@ -190,7 +224,7 @@ def _segment_image(sdata, key, mpp, method, params, tile_size, margin_um, n_jobs
     )
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     geometry = merged.pop("geometry")
-    return geometry, merged, info
+    return geometry, {k.removeprefix("obs_"): v for k, v in merged.items()}, info
 
 
 def _threshold_samples(
