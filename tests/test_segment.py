@@ -208,3 +208,26 @@ def test_tiles_run_on_a_dask_distributed_cluster(synthetic_small):
     np.testing.assert_allclose(
         local["sst_cells_table"].obsm["spatial"], remote["sst_cells_table"].obsm["spatial"]
     )
+
+
+def test_dark_fluorescence_like_image_is_refused():
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 30, (3, 400, 400)).astype(np.uint8)
+    dark[2, 100:120, 100:120] = 250  # a bright "DAPI" nucleus on black
+    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
+    sdata = sd.SpatialData(
+        images={"he": Image2DModel.parse(dark, dims=("c", "y", "x"), transformations=transforms)}
+    )
+    with pytest.raises(ValueError, match="does not look like a brightfield H&E"):
+        sst.pp.segment(sdata, progress=False)
+
+
+def test_optional_labels_element(synthetic_small):
+    sdata = _image_only(synthetic_small)
+    sst.pp.segment(sdata, labels_key="nuclei_labels", progress=False)
+    labels = np.asarray(sdata["nuclei_labels"].data)
+    assert labels.shape == (1024, 1024) and labels.max() == len(sdata["sst_cells"])
+    area_px = np.bincount(labels.ravel())[1:]
+    np.testing.assert_allclose(
+        area_px * 0.25, sdata["sst_cells_table"].obs["area_um2"], rtol=0.15, atol=1.0
+    )

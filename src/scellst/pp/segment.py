@@ -10,14 +10,18 @@ from pathlib import Path
 import numpy as np
 import shapely
 from spatialdata import SpatialData
+from spatialdata.models import Labels2DModel
 
 from .._sdata import (
+    add_element,
     apply_matrix,
     check_free,
     element_to_image_matrix,
     image_level0,
     image_levels,
     read_rgb,
+    to_rgb_uint8,
+    transformations_of,
 )
 from .._sdata import (
     image_key as resolve_image_key,
@@ -28,6 +32,7 @@ from ._cellpose import CellposeSegmenter
 from ._cells import write_cells
 from ._checkpoint import TileCheckpoint
 from ._polygons import owned_nuclei
+from ._rasterize import rasterize_cells
 from ._stains import optical_density
 from ._tiles import Tile, map_tiles, tile_grid
 from ._watershed import WatershedParams, WatershedSegmenter
@@ -50,6 +55,7 @@ def segment(
     n_jobs: int | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    labels_key: str | None = None,
     overwrite: bool = False,
 ) -> None:
     """Segment the nuclei of an H&E image into polygons.
@@ -95,8 +101,12 @@ def segment(
         Directory where each finished tile is saved. Re-running with the same directory (after an
         interruption) loads the finished tiles instead of segmenting them again; a directory
         written with other settings is refused. Delete it once the result is saved.
+    labels_key
+        Also add the nuclei as a labels element (label = ``cell_id + 1``) under this key. It is as
+        large as the image (int32), so it is off by default.
     overwrite
-        Replace existing elements named ``key_added`` / ``f"{key_added}_table"``.
+        Replace existing elements named ``key_added`` / ``f"{key_added}_table"`` (and
+        ``labels_key``).
 
     Returns
     -------
@@ -114,7 +124,8 @@ def segment(
     """
     key = resolve_image_key(sdata, image_key)
     mpp = microns_per_pixel(sdata, key)
-    check_free(sdata, [key_added, cells_table_key(key_added)], overwrite)
+    outputs = [key_added, cells_table_key(key_added)] + ([labels_key] if labels_key else [])
+    check_free(sdata, outputs, overwrite)
     if shapes_key is not None:
         geometry, obs_extra, info = _adopt_shapes(sdata, shapes_key, key)
     else:
@@ -151,6 +162,14 @@ def segment(
         uns={"segmentation": info},
         overwrite=overwrite,
     )
+    if labels_key:
+        labels = Labels2DModel.parse(
+            rasterize_cells(sdata, key_added, image_key=key),
+            dims=("y", "x"),
+            transformations=transformations_of(sdata, key),
+            chunks=4096,
+        )
+        add_element(sdata, labels_key, labels, overwrite=overwrite)
     log.info("segment: %d nuclei written to %r", len(geometry), key_added)
 
 
@@ -240,10 +259,11 @@ def _threshold_samples(
     low = (
         read_rgb(coarse, 0, None, 0, None)
         if step == 1
-        else np.moveaxis(np.asarray(coarse.data[:, ::step, ::step]), 0, -1)[..., :3]
+        else to_rgb_uint8(np.moveaxis(np.asarray(coarse.data[:, ::step, ::step]), 0, -1))
     )
+    _check_brightfield(low, key)
     fy, fx = H / low.shape[0], W / low.shape[1]
-    tissue = optical_density(low.astype(np.uint8)).sum(-1) > tissue_od
+    tissue = optical_density(low).sum(-1) > tissue_od
     if not tissue.any():
         return []
     size = min(size, H, W)
@@ -257,6 +277,18 @@ def _threshold_samples(
     ]
     best = [grid[i] for i in np.argsort(frac)[::-1][:n_samples] if frac[i] > 0]
     return [read_rgb(full, t.y0, t.y1, t.x0, t.x1) for t in best]
+
+
+def _check_brightfield(preview: np.ndarray, key: str) -> None:
+    """Brightfield H&E is bright (white glass, pale tissue); fluorescence is mostly dark."""
+    brightness = preview.mean(-1)
+    if np.median(brightness) < 60 and (brightness > 200).mean() < 0.01:
+        raise ValueError(
+            f"Image {key!r} is mostly dark (median brightness {np.median(brightness):.0f}/255): "
+            "it does not look like a brightfield H&E stain (fluorescence?). The watershed "
+            "segmenter needs H&E; segment other images with a callable `method` or import "
+            "existing nuclei with `shapes_key`."
+        )
 
 
 def _adopt_shapes(sdata: SpatialData, shapes_key: str, image: str):
