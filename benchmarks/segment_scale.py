@@ -21,11 +21,11 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import Identity
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import measure  # noqa: E402
+from _measure import measure
 
-import scellst as sst  # noqa: E402
-from scellst.constants import MICRONS_CS  # noqa: E402
-from scellst.io._scale import microns_scale  # noqa: E402
+import scellst as sst
+from scellst.constants import MICRONS_CS
+from scellst.io._scale import microns_scale
 
 
 def main() -> None:

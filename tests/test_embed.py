@@ -47,11 +47,9 @@ def test_embedding_is_deterministic_and_tiling_independent(segmented):
     sst.tl.embed(segmented, progress=False, tile_size=4096)
     sst.tl.embed(segmented, progress=False, tile_size=256, key_added="tiled", n_jobs=2)
     a, b = segmented["sst_embedding"].obsm["X_sst"], segmented["tiled"].obsm["X_sst"]
-    # crops may differ by one grey level (OpenCV's fixed-point interpolation depends on the
-    # window offset): features agree to a small fraction of their spread across cells (the
-    # nearest-rank percentiles jump most, ~4%)
-    assert (np.abs(a - b).max(0) <= 0.05 * a.std(0) + 1e-6).all()
-    assert np.median(np.abs(a - b)) == 0
+    # each crop is warped from a source window anchored on its own cell, so the tiling does not
+    # change a single pixel (only float summation order may differ)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # same call twice: bit-identical
     sst.tl.embed(segmented, progress=False, tile_size=256, key_added="tiled2", n_jobs=2)
     np.testing.assert_array_equal(b, segmented["tiled2"].obsm["X_sst"])

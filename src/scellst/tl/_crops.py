@@ -69,12 +69,13 @@ def iter_crops(
     groups = [np.flatnonzero(t.owns(cy, cx)) for t in tiles]
     work = [(t, g) for t, g in zip(tiles, groups, strict=True) if g.size]
     scale = out / (2 * half_src)  # source pixels -> crop pixels
+    n_src = int(math.ceil(2 * half_src)) + 5  # source window side, with interpolation margin
 
     def run(item) -> CropBatch:
         tile, idx = item
-        ext = int(math.ceil(half_src)) + 1
-        y0, y1 = int(xy[idx, 1].min() - ext), int(xy[idx, 1].max() + ext) + 1
-        x0, x1 = int(xy[idx, 0].min() - ext), int(xy[idx, 0].max() + ext) + 1
+        ext = int(math.ceil(half_src)) + 4
+        y0, y1 = int(np.floor(xy[idx, 1].min() - ext)), int(np.floor(xy[idx, 1].max() + ext)) + 1
+        x0, x1 = int(np.floor(xy[idx, 0].min() - ext)), int(np.floor(xy[idx, 0].max() + ext)) + 1
         window = read_rgb(img, max(y0, 0), min(y1, h), max(x0, 0), min(x1, w))
         pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
         if any(p for pair in pad[:2] for p in pair):
@@ -84,12 +85,18 @@ def iter_crops(
         padded = np.zeros(idx.size, bool)
         for k, i in enumerate(idx):
             cxi, cyi = xy[i]
-            # affine from window pixels to crop pixels (crop centre = cell centroid)
+            # warp from a small source window whose origin depends on the cell alone: OpenCV's
+            # fixed-point interpolation then gives the same crop whatever the tiling
+            sx0, sy0 = int(np.floor(cxi - half_src)) - 2, int(np.floor(cyi - half_src)) - 2
+            source = window[sy0 - y0 : sy0 - y0 + n_src, sx0 - x0 : sx0 - x0 + n_src]
             m = np.array(
-                [[scale, 0, out / 2 - (cxi - x0) * scale], [0, scale, out / 2 - (cyi - y0) * scale]]
+                [
+                    [scale, 0, out / 2 - (cxi - sx0) * scale],
+                    [0, scale, out / 2 - (cyi - sy0) * scale],
+                ]
             )
             images[k] = cv2.warpAffine(
-                window,
+                source,
                 m,
                 (out, out),
                 flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
