@@ -231,3 +231,14 @@ def test_optional_labels_element(synthetic_small):
     np.testing.assert_allclose(
         area_px * 0.25, sdata["sst_cells_table"].obs["area_um2"], rtol=0.15, atol=1.0
     )
+
+
+def test_solid_colour_image_gives_a_clear_error():
+    pink = np.empty((3, 300, 300), np.uint8)
+    pink[0], pink[1], pink[2] = 230, 150, 200
+    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
+    sdata = sd.SpatialData(
+        images={"he": Image2DModel.parse(pink, dims=("c", "y", "x"), transformations=transforms)}
+    )
+    with pytest.raises(ValueError, match="No nuclei found"):
+        sst.pp.segment(sdata, progress=False)
