@@ -49,7 +49,9 @@ def test_shuffled_bags_learn_nothing(embedded):
     model = sst.tl.fit(sdata, genes=genes, max_epochs=60, progress=False)
     sst.tl.predict(sdata, model)
     markers, _ = _scores(sdata)
-    assert markers < 0.4
+    # with 4 cell types, the marker mean of a model trained on noise is roughly an average of
+    # 4 random signs: measured 0.03, -0.36, -0.12 over three permutations, vs 0.92 with real bags
+    assert abs(markers) < 0.5
 
 
 def test_nb_loss_and_counts_output(embedded):

@@ -15,6 +15,14 @@ def _image_only(sdata):
     return sd.SpatialData(images={"he": sdata["he"]})
 
 
+def _he(cyx: np.ndarray) -> sd.SpatialData:
+    """A SpatialData holding ``cyx`` as the H&E at 0.5 µm/px."""
+    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
+    return sd.SpatialData(
+        images={"he": Image2DModel.parse(cyx, dims=("c", "y", "x"), transformations=transforms)}
+    )
+
+
 def _f1_vs_truth(sdata, cells_key="sst_cells"):
     labels = np.asarray(sdata["truth_labels"].data)
     xy = np.asarray(sdata[f"{cells_key}_table"].obsm["spatial"])
@@ -106,10 +114,7 @@ def test_existing_shapes_are_adopted_without_touching_them(synthetic_small):
 
 def test_blank_and_odd_images_do_not_crash():
     white = np.full((3, 600, 600), 255, np.uint8)
-    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
-    sdata = sd.SpatialData(
-        images={"he": Image2DModel.parse(white, dims=("c", "y", "x"), transformations=transforms)}
-    )
+    sdata = _he(white)
     with pytest.raises(ValueError, match="No nuclei found"):
         sst.pp.segment(sdata, progress=False)
     assert "sst_cells" not in sdata
@@ -117,15 +122,11 @@ def test_blank_and_odd_images_do_not_crash():
     rgba = np.zeros((4, 300, 300), np.uint16)
     rgba[:3] = 60000
     rgba[:3, 100:110, 100:110] = 15000
-    sdata = sd.SpatialData(
-        images={"he": Image2DModel.parse(rgba, dims=("c", "y", "x"), transformations=transforms)}
-    )
+    sdata = _he(rgba)
     sst.pp.segment(sdata, progress=False)
     # a single-channel image gets a clear error
     gray = np.zeros((1, 100, 100), np.uint8)
-    sdata = sd.SpatialData(
-        images={"he": Image2DModel.parse(gray, dims=("c", "y", "x"), transformations=transforms)}
-    )
+    sdata = _he(gray)
     with pytest.raises(ValueError, match="RGB"):
         sst.pp.segment(sdata, progress=False)
 
@@ -214,10 +215,7 @@ def test_dark_fluorescence_like_image_is_refused():
     rng = np.random.default_rng(0)
     dark = rng.integers(0, 30, (3, 400, 400)).astype(np.uint8)
     dark[2, 100:120, 100:120] = 250  # a bright "DAPI" nucleus on black
-    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
-    sdata = sd.SpatialData(
-        images={"he": Image2DModel.parse(dark, dims=("c", "y", "x"), transformations=transforms)}
-    )
+    sdata = _he(dark)
     with pytest.raises(ValueError, match="does not look like a brightfield H&E"):
         sst.pp.segment(sdata, progress=False)
 
@@ -236,9 +234,6 @@ def test_optional_labels_element(synthetic_small):
 def test_solid_colour_image_gives_a_clear_error():
     pink = np.empty((3, 300, 300), np.uint8)
     pink[0], pink[1], pink[2] = 230, 150, 200
-    transforms = {"global": Identity(), MICRONS_CS: microns_scale(0.5)}
-    sdata = sd.SpatialData(
-        images={"he": Image2DModel.parse(pink, dims=("c", "y", "x"), transformations=transforms)}
-    )
+    sdata = _he(pink)
     with pytest.raises(ValueError, match="No nuclei found"):
         sst.pp.segment(sdata, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,11 +83,16 @@ def map_tiles(
     """
     client = active_client()
     if client is not None:
-        yield from _map_distributed(client, fn, tiles, desc, progress)
+        limit = 2 * max(1, sum(client.nthreads().values()))
+        bar = tqdm(
+            total=len(tiles), desc=f"{desc} (dask.distributed)", disable=not progress, unit="tile"
+        )
+        with bar:
+            yield from _bounded(lambda t: client.submit(fn, t, pure=False), tiles, limit, bar)
         return
     n_jobs = n_jobs or min(len(tiles), os.cpu_count() or 1) or 1
     bar = tqdm(total=len(tiles), desc=desc, disable=not progress, unit="tile")
-    try:
+    with bar:
         if n_jobs == 1:
             for t in tiles:
                 yield fn(t)
@@ -94,33 +100,17 @@ def map_tiles(
             return
         # the workers are the parallelism: nested BLAS/OpenMP threads would only contend
         with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(1):
-            pending = []
-            for t in tiles:
-                pending.append(pool.submit(fn, t))
-                if len(pending) >= 2 * n_jobs:
-                    yield pending.pop(0).result()
-                    bar.update()
-            for fut in pending:
-                yield fut.result()
-                bar.update()
-    finally:
-        bar.close()
+            yield from _bounded(lambda t: pool.submit(fn, t), tiles, 2 * n_jobs, bar)
 
 
-def _map_distributed(client, fn, tiles, desc, progress):
-    n_workers = max(1, sum(client.nthreads().values()))
-    bar = tqdm(
-        total=len(tiles), desc=f"{desc} (dask.distributed)", disable=not progress, unit="tile"
-    )
-    try:
-        pending = []
-        for t in tiles:
-            pending.append(client.submit(fn, t, pure=False))
-            if len(pending) >= 2 * n_workers:
-                yield pending.pop(0).result()
-                bar.update()
-        for fut in pending:
-            yield fut.result()
+def _bounded(submit, tiles, limit, bar):
+    """Submit tiles keeping at most ``limit`` in flight; yield results in order."""
+    pending: deque = deque()
+    for t in tiles:
+        pending.append(submit(t))
+        if len(pending) >= limit:
+            yield pending.popleft().result()
             bar.update()
-    finally:
-        bar.close()
+    while pending:
+        yield pending.popleft().result()
+        bar.update()
