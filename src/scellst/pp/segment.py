@@ -195,9 +195,7 @@ def _segment_image(
         segmenter = WatershedSegmenter(WatershedParams(**params))
         p = segmenter.params
         margin_um = margin_um or segmenter.max_diameter_um + 2 * p.background_radius_um
-        threshold = segmenter.fit_threshold(
-            _threshold_samples(sdata, key, tile_size, p.tissue_od), mpp
-        )
+        threshold = segmenter.fit_threshold(_threshold_samples(sdata, key, p.tissue_od), mpp)
         info = {"method": "watershed", "params": segmenter.params.to_dict()}
         if threshold is None:
             info["method"] = "watershed: no tissue detected"
@@ -247,36 +245,60 @@ def _segment_image(
 
 
 def _threshold_samples(
-    sdata, key, tile_size, tissue_od, n_samples=6, size=1024
+    sdata, key, tissue_od, n_samples=6, size=1024, lattice=6, probe=512
 ) -> list[np.ndarray]:
-    """Full-resolution windows from the most tissue-rich areas (found on the coarsest level)."""
+    """Full-resolution windows from the most tissue-rich areas of the slide.
+
+    Small probe windows on a ``lattice`` × ``lattice`` grid are read first (a few percent of a
+    slide, instead of decoding all of it for a preview); the richest ones are re-read at
+    ``size``. Only when no probe touches tissue (a small biopsy) is the coarsest level used.
+    """
+    full = image_levels(sdata, key)[0]
+    H, W = int(full.sizes["y"]), int(full.sizes["x"])
+    probe, size = min(probe, H, W), min(size, H, W)
+    centres = {
+        (int(y), int(x))
+        for y in np.linspace(probe / 2, H - probe / 2, lattice)
+        for x in np.linspace(probe / 2, W - probe / 2, lattice)
+    }
+    probes = {
+        c: read_rgb(
+            full,
+            c[0] - probe // 2,
+            c[0] - probe // 2 + probe,
+            c[1] - probe // 2,
+            c[1] - probe // 2 + probe,
+        )
+        for c in sorted(centres)
+    }
+    _check_brightfield(np.concatenate([p.reshape(-1, 3) for p in probes.values()])[None], key)
+    frac = {c: float((optical_density(p).sum(-1) > tissue_od).mean()) for c, p in probes.items()}
+    best = [c for c in sorted(frac, key=frac.get, reverse=True)[:n_samples] if frac[c] > 0.05]
+    if not best:
+        best = _tissue_centres_from_preview(sdata, key, tissue_od, n_samples)
+    windows = []
+    for cy, cx in best:
+        y0 = int(np.clip(cy - size // 2, 0, H - size))
+        x0 = int(np.clip(cx - size // 2, 0, W - size))
+        windows.append(read_rgb(full, y0, y0 + size, x0, x0 + size))
+    return windows
+
+
+def _tissue_centres_from_preview(sdata, key, tissue_od, n) -> list[tuple[int, int]]:
+    """Centres (level-0 pixels) of the most tissue-rich cells of a coarse preview."""
     levels = image_levels(sdata, key)
     full, coarse = levels[0], levels[-1]
     H, W = int(full.sizes["y"]), int(full.sizes["x"])
-    step = 1
-    if len(levels) == 1 and max(H, W) > 4096:  # single-scale large image: strided preview
-        step = int(math.ceil(max(H, W) / 2048))
-    low = (
-        read_rgb(coarse, 0, None, 0, None)
-        if step == 1
-        else to_rgb_uint8(np.moveaxis(np.asarray(coarse.data[:, ::step, ::step]), 0, -1))
-    )
-    _check_brightfield(low, key)
-    fy, fx = H / low.shape[0], W / low.shape[1]
+    step = int(math.ceil(max(H, W) / 2048)) if len(levels) == 1 and max(H, W) > 4096 else 1
+    data = coarse.data if step == 1 else coarse.data[:, ::step, ::step]
+    low = to_rgb_uint8(np.moveaxis(np.asarray(data), 0, -1))
     tissue = optical_density(low).sum(-1) > tissue_od
     if not tissue.any():
         return []
-    size = min(size, H, W)
-    grid = tile_grid((H, W), size, 0)
-    frac = [
-        tissue[
-            int(t.y0 / fy) : max(int(t.y1 / fy), int(t.y0 / fy) + 1),
-            int(t.x0 / fx) : max(int(t.x1 / fx), int(t.x0 / fx) + 1),
-        ].mean()
-        for t in grid
-    ]
-    best = [grid[i] for i in np.argsort(frac)[::-1][:n_samples] if frac[i] > 0]
-    return [read_rgb(full, t.y0, t.y1, t.x0, t.x1) for t in best]
+    fy, fx = H / low.shape[0], W / low.shape[1]
+    ys, xs = np.nonzero(tissue)
+    pick = np.linspace(0, len(ys) - 1, min(n, len(ys))).astype(int)
+    return [(int((ys[i] + 0.5) * fy), int((xs[i] + 0.5) * fx)) for i in pick]
 
 
 def _check_brightfield(preview: np.ndarray, key: str) -> None:
