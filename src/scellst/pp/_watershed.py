@@ -92,7 +92,24 @@ class WatershedSegmenter:
         p = self.params
         if p.threshold is None:
             raise RuntimeError("Call fit_threshold on sample tiles before segmenting.")
-        th, tissue = self.tophat(rgb, mpp)
+        labels = np.zeros(rgb.shape[:2], np.int32)
+        tissue = tissue_mask(rgb, mpp, p.tissue_od, p.tissue_smooth_um)
+        rows, cols = np.flatnonzero(tissue.any(1)), np.flatnonzero(tissue.any(0))
+        if rows.size == 0:  # background tile: nothing to segment
+            return labels
+        # work on the tissue's bounding box plus the filters' context: nuclei lie in tissue, so
+        # they stay that far from the box edge and come out as on the whole tile
+        pad = int(np.ceil((2 * p.background_radius_um + self.max_diameter_um) / mpp))
+        y0 = max(rows[0] - pad, 0) // ALIGN * ALIGN
+        x0 = max(cols[0] - pad, 0) // ALIGN * ALIGN
+        y1, x1 = min(rows[-1] + pad + 1, rgb.shape[0]), min(cols[-1] + pad + 1, rgb.shape[1])
+        labels[y0:y1, x0:x1] = self._segment(rgb[y0:y1, x0:x1], tissue[y0:y1, x0:x1], mpp)
+        return labels
+
+    def _segment(self, rgb: np.ndarray, tissue: np.ndarray, mpp: float) -> np.ndarray:
+        p = self.params
+        h = cv2.GaussianBlur(stain(optical_density(rgb), 0), (0, 0), p.smooth_um / mpp)
+        th = h - background(h, p.background_radius_um / mpp)
         fg = fill_holes((th > p.threshold) & tissue)
         k = _odd(2 * p.open_radius_um / mpp)
         fg = cv2.morphologyEx(
@@ -107,14 +124,36 @@ class WatershedSegmenter:
         return filter_by_area(labels, mpp, p.min_area_um2, p.max_area_um2)
 
 
+#: Coarse steps work on blocks of ALIGN pixels; tile windows and crops start on multiples of it,
+#: so every tile sees the same blocks and nuclei on tile seams come out identical.
+ALIGN = 4
+
+
+def _down(a: np.ndarray, f: int) -> np.ndarray:
+    """Block-average by exactly ``f`` (edge-padded to a multiple of ``f``)."""
+    h, w = a.shape[:2]
+    ph, pw = -h % f, -w % f
+    if ph or pw:
+        pad = ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2)
+        a = np.pad(a, pad, mode="edge")
+    return cv2.resize(a, (a.shape[1] // f, a.shape[0] // f), interpolation=cv2.INTER_AREA)
+
+
+def _up(a: np.ndarray, f: int, shape: tuple[int, int], interpolation: int) -> np.ndarray:
+    """Inverse of :func:`_down`: back to the padded size, then cropped to ``shape``."""
+    up = cv2.resize(a, (a.shape[1] * f, a.shape[0] * f), interpolation=interpolation)
+    return up[: shape[0], : shape[1]]
+
+
 def tissue_mask(rgb: np.ndarray, mpp: float, min_od: float, smooth_um: float) -> np.ndarray:
     """Smoothed total optical density above ``min_od``, computed at 1/4 resolution (it is smooth)."""
-    h, w = rgb.shape[:2]
-    f = 4 if min(h, w) >= 64 else 1
-    small = cv2.resize(rgb, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+    f = ALIGN if min(rgb.shape[:2]) >= 16 * ALIGN else 1
+    small = _down(rgb, f) if f > 1 else rgb
     total = optical_density(small).sum(-1)
     small = cv2.GaussianBlur(total, (0, 0), max(smooth_um / mpp / f, 0.5)) > min_od
-    return cv2.resize(small.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if f == 1:
+        return small
+    return _up(small.astype(np.uint8), f, rgb.shape[:2], cv2.INTER_NEAREST).astype(bool)
 
 
 def background(h: np.ndarray, radius_px: float) -> np.ndarray:
@@ -122,15 +161,14 @@ def background(h: np.ndarray, radius_px: float) -> np.ndarray:
 
     Computed at half resolution (the background is smooth), which is ~8x cheaper.
     """
-    rows, cols = h.shape
-    f = 2 if radius_px >= 6 and min(rows, cols) >= 32 else 1
-    small = cv2.resize(h, (cols // f, rows // f), interpolation=cv2.INTER_AREA) if f > 1 else h
+    f = 2 if radius_px >= 6 and min(h.shape) >= 32 else 1
+    small = _down(h, f) if f > 1 else h
     k = _odd(2 * radius_px / f)
     opened = cv2.morphologyEx(
         small, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     )
     if f > 1:
-        opened = cv2.resize(opened, (cols, rows), interpolation=cv2.INTER_LINEAR)
+        opened = _up(opened, f, h.shape, cv2.INTER_LINEAR)
     return np.minimum(opened, h)
 
 
@@ -151,28 +189,23 @@ def local_maxima(image: np.ndarray, radius: int) -> np.ndarray:
 def split_touching(fg: np.ndarray, seeds: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """Label the foreground, splitting by watershed only the components holding several seeds.
 
-    Most nuclei are isolated components with a single seed; skipping the watershed for them is
-    what makes the segmentation fast.
+    Most nuclei are isolated components with a single seed and keep their component label; the
+    multi-seed ones are split in one watershed call (one call, rather than one per component,
+    spends its time in compiled code that runs in parallel across tile threads).
     """
     n_comp, comp = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
     markers, _ = ndi.label(seeds, structure=np.ones((3, 3)))  # one marker per plateau
-    seeds_per_comp = np.bincount(
-        np.unique(comp[markers > 0] * (markers.max() + 1) + markers[markers > 0])
-        // (markers.max() + 1),
-        minlength=n_comp,
-    )
-    multi = np.flatnonzero(seeds_per_comp > 1)
-    multi = multi[multi > 0]
-    labels = comp.copy()
-    next_id = n_comp
-    boxes = ndi.find_objects(comp)
-    for c in multi:  # watershed in each multi-seed component's box only
-        box = boxes[c - 1]
-        mask = comp[box] == c
-        split = watershed(-dist[box], np.where(mask, markers[box], 0), mask=mask)
-        labels[box][mask] = split[mask] + next_id
-        next_id += int(split.max())
-    return labels
+    stride = int(markers.max()) + 1
+    has = markers > 0
+    pairs = np.unique(comp[has].astype(np.int64) * stride + markers[has])
+    multi = np.bincount(pairs // stride, minlength=n_comp) > 1
+    multi[0] = False
+    if not multi.any():
+        return comp
+    region = multi[comp]
+    split = watershed(-dist, np.where(region, markers, 0), mask=region)
+    # split objects get ids above the component ids
+    return np.where(region, np.where(split > 0, split + n_comp, 0), comp).astype(np.int32)
 
 
 def filter_by_area(labels: np.ndarray, mpp: float, min_um2: float, max_um2: float) -> np.ndarray:

@@ -35,7 +35,7 @@ from ._polygons import owned_nuclei
 from ._rasterize import rasterize_cells
 from ._stains import optical_density
 from ._tiles import Tile, map_tiles, tile_grid
-from ._watershed import WatershedParams, WatershedSegmenter
+from ._watershed import ALIGN, WatershedParams, WatershedSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def segment(
         e.g. ``{"min_area_um2": 10, "threshold": 0.3}``. With ``"cellpose"``: arguments of
         :class:`~scellst.pp.CellposeSegmenter`.
     tile_size
-        Tile side in pixels (memory per worker is a few times ``(tile_size + 2 margin)² × 3`` bytes).
+        Tile side in pixels, rounded up to a multiple of 4 (memory per worker is a few times ``(tile_size + 2 margin)² × 3`` bytes).
     margin_um
         Tile overlap in µm. Default: the largest nucleus diameter plus the background context.
     n_jobs
@@ -212,7 +212,9 @@ def _segment_image(
             info.update(method=method.name, params={**params, **method.params})
     else:
         raise TypeError(f"`method` must be 'watershed' or a callable, got {type(method).__name__}.")
-    margin = int(math.ceil(margin_um / mpp))
+    # windows start on multiples of ALIGN so that every tile sees the same coarse blocks
+    margin = -(-int(math.ceil(margin_um / mpp)) // ALIGN) * ALIGN
+    tile_size = -(-int(tile_size) // ALIGN) * ALIGN
     info.update(tile_size=tile_size, margin_px=margin)
 
     store = None
@@ -256,10 +258,11 @@ def _threshold_samples(
     full = image_levels(sdata, key)[0]
     H, W = int(full.sizes["y"]), int(full.sizes["x"])
     probe, size = min(probe, H, W), min(size, H, W)
+    ny, nx = (int(np.clip(n // probe, 1, lattice)) for n in (H, W))  # probes never overlap
     centres = {
         (int(y), int(x))
-        for y in np.linspace(probe / 2, H - probe / 2, lattice)
-        for x in np.linspace(probe / 2, W - probe / 2, lattice)
+        for y in np.linspace(probe / 2, H - probe / 2, ny)
+        for x in np.linspace(probe / 2, W - probe / 2, nx)
     }
     probes = {
         c: read_rgb(
