@@ -36,20 +36,28 @@ def main() -> None:
     args = p.parse_args()
     patch = np.asarray(sst.datasets.synthetic(shape=(args.patch, args.patch), seed=0)["he"].data)
     reps = int(np.ceil(args.size / args.patch))
-    lazy = da.tile(da.from_array(patch, chunks=(3, 512, 512)), (1, reps, reps))[:, : args.size, : args.size]
+    lazy = da.tile(da.from_array(patch, chunks=(3, 512, 512)), (1, reps, reps))[
+        :, : args.size, : args.size
+    ]
     image = Image2DModel.parse(
-        lazy, dims=("c", "y", "x"), transformations={"global": Identity(), MICRONS_CS: microns_scale(0.5)}
+        lazy,
+        dims=("c", "y", "x"),
+        transformations={"global": Identity(), MICRONS_CS: microns_scale(0.5)},
     )
     sdata = sd.SpatialData(images={"he": image})
     mpx = args.size**2 / 1e6
-    print(f"{args.size}x{args.size} lazy image ({mpx:.0f} Mpx, {3 * mpx / 1e3:.1f} GB if loaded), {os.cpu_count()} cores")
+    print(
+        f"{args.size}x{args.size} lazy image ({mpx:.0f} Mpx, {3 * mpx / 1e3:.1f} GB if loaded), {os.cpu_count()} cores"
+    )
     r: dict = {}
     t0 = time.perf_counter()
     with measure(r, "segment"):
         sst.pp.segment(sdata, tile_size=args.tile_size, progress=False)
     n = len(sdata["sst_cells"])
     dt = time.perf_counter() - t0
-    print(f"{n} nuclei; {mpx / dt:.1f} Mpx/s, {n / dt:.0f} cells/s; peak RSS {r['segment']['peak_rss_gb']:.2f} GB")
+    print(
+        f"{n} nuclei; {mpx / dt:.1f} Mpx/s, {n / dt:.0f} cells/s; peak RSS {r['segment']['peak_rss_gb']:.2f} GB"
+    )
 
 
 if __name__ == "__main__":
