@@ -239,3 +239,37 @@ def test_solid_colour_image_gives_a_clear_error():
     sdata = _he(pink)
     with pytest.raises(ValueError, match="No nuclei found"):
         sst.pp.segment(sdata, progress=False)
+
+
+def test_imported_nuclei_keep_their_class(synthetic_small, tmp_path):
+    import json
+
+    square = lambda x, y: [[x, y], [x + 10, y], [x + 10, y + 10], [x, y + 10], [x, y]]  # noqa: E731
+    features = [
+        {  # HEST/QuPath style: one MultiPolygon per class, the class as a {"name": ...} object
+            "type": "Feature",
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [[square(100, 100)], [square(200, 100)]],
+            },
+            "properties": {"classification": {"name": "Neoplastic", "color": [255, 0, 0]}},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [square(300, 300)]},
+            "properties": {"classification": {"name": "Inflammatory", "color": [0, 255, 0]}},
+        },
+    ]
+    path = tmp_path / "cellvit.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    sdata = _image_only(synthetic_small)
+    sst.io.read_nuclei(path, sdata, key_added="cellvit")
+    assert len(sdata["cellvit"]) == 3
+    assert list(sdata["cellvit"]["class"]) == ["Neoplastic", "Neoplastic", "Inflammatory"]
+    sst.pp.segment(sdata, shapes_key="cellvit", progress=False)
+    cells = sdata["sst_cells_table"]
+    assert list(cells.obs["class"]) == ["Neoplastic", "Neoplastic", "Inflammatory"]
+    np.testing.assert_allclose(cells.obs["area_um2"], 100 * 0.25)
+    np.testing.assert_allclose(cells.obsm["spatial"][0], [105, 105])
+    with pytest.raises(FileNotFoundError):
+        sst.io.read_nuclei(tmp_path / "missing.geojson", sdata)

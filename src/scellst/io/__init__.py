@@ -2,6 +2,7 @@
 
 from ._hest import read_hest
 from ._image import read_image
+from ._nuclei import read_nuclei
 from ._scale import microns_per_pixel, set_microns_per_pixel
 from ._visium import read_visium
 from ._write import write_zarr
@@ -10,6 +11,7 @@ __all__ = [
     "microns_per_pixel",
     "read_hest",
     "read_image",
+    "read_nuclei",
     "read_visium",
     "set_microns_per_pixel",
     "write_zarr",

@@ -316,6 +316,10 @@ def _check_brightfield(preview: np.ndarray, key: str) -> None:
         )
 
 
+#: obs columns the cells table defines itself (imported columns with these names get a prefix)
+_OWN_COLUMNS = ("cell_id", "region", "area_um2", "mean_hematoxylin", "area_px")
+
+
 def _adopt_shapes(sdata: SpatialData, shapes_key: str, image: str):
     """Copy an existing nuclei element into the image's pixel frame."""
     if shapes_key not in sdata.shapes:
@@ -327,9 +331,15 @@ def _adopt_shapes(sdata: SpatialData, shapes_key: str, image: str):
     parts = shapely.get_parts(geoms, return_index=True)
     # MultiPolygons: keep the largest part of each nucleus
     order = np.lexsort((-shapely.area(parts[0]), parts[1]))
-    first = np.unique(parts[1][order], return_index=True)[1]
+    rows, first = np.unique(parts[1][order], return_index=True)
     geoms = parts[0][order][first]
     matrix = element_to_image_matrix(sdata, shapes_key, image)
     geoms = shapely.transform(geoms, lambda xy: apply_matrix(matrix, xy))
+    # annotations that came with the nuclei (e.g. a class) follow them into the cells table
+    extra = {
+        col if col not in _OWN_COLUMNS else f"source_{col}": gdf[col].to_numpy()[rows]
+        for col in gdf.columns
+        if col not in ("geometry", "radius")
+    }
     info = {"method": "shapes", "shapes_key": shapes_key, "n_input": len(gdf)}
-    return geoms, {}, info
+    return geoms, extra, info
