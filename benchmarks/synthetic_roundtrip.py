@@ -15,26 +15,7 @@ import time
 import numpy as np
 
 import scellst as sst
-from scellst.tl._evaluate import match_truth_cells, pearson_per_gene
-
-
-def score(sdata) -> dict[str, float]:
-    truth, pred = sdata["truth_expression"], sdata["sst_expression"]
-    rows, truth_rows = match_truth_cells(sdata)
-    r = dict(
-        zip(
-            pred.var_names,
-            pearson_per_gene(pred.X[rows], truth[:, pred.var_names].X[truth_rows]),
-            strict=True,
-        )
-    )
-    markers = [g for gs in truth.uns["marker_genes"].values() for g in gs]
-    return {
-        "markers": float(np.mean([r[g] for g in markers])),
-        "morphology": float(np.mean([r[g] for g in truth.uns["morphology_genes"]])),
-        "all": float(np.nanmean(list(r.values()))),
-        "matched": len(rows) / pred.n_obs,
-    }
+from scellst.tl._evaluate import score_against_truth as score
 
 
 def main() -> None:

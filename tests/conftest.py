@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import scellst as sst
@@ -42,23 +41,3 @@ def fitted(embedded):
     genes = list(embedded["truth_expression"].var_names)
     model = sst.tl.fit(embedded, genes=genes, max_epochs=150, progress=False, seed=0)
     return embedded, model
-
-
-def match_truth(sdata, table_key: str):
-    """Rows of ``table_key`` whose centroid falls in a true nucleus, and that nucleus' truth row."""
-    table = sdata[table_key]
-    labels = np.asarray(sdata["truth_labels"].data)
-    xy = np.asarray(table.obsm["spatial"])
-    rows = np.clip(xy[:, 1].astype(int), 0, labels.shape[0] - 1)
-    cols = np.clip(xy[:, 0].astype(int), 0, labels.shape[1] - 1)
-    ids = labels[rows, cols]
-    truth = sdata["truth_expression"]
-    pos = {c: i for i, c in enumerate(truth.obs["cell_id"].to_numpy())}
-    hit = np.flatnonzero(ids > 0)
-    return hit, np.array([pos[i] for i in ids[hit]], dtype=int)
-
-
-def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)

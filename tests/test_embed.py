@@ -4,6 +4,7 @@ import spatialdata as sd
 
 import scellst as sst
 from scellst.tl._crops import iter_crops
+from scellst.tl._evaluate import match_truth_cells
 
 
 @pytest.fixture()
@@ -28,19 +29,12 @@ def test_morphology_embedding_table(segmented, synthetic_small):
     area = X[:, info["feature_names"].index("area_um2")]
     np.testing.assert_allclose(np.median(area), np.median(cells.obs["area_um2"]), rtol=0.05)
     # lymphocytes (small, dark) have darker nuclei than macrophages (pale) in the features
-    hit, rows = _truth_rows(segmented, synthetic_small)
+    segmented["truth_labels"] = synthetic_small["truth_labels"]
+    segmented["truth_expression"] = synthetic_small["truth_expression"]
+    hit, rows = match_truth_cells(segmented, "sst_cells_table")
     types = synthetic_small["truth_expression"].obs["cell_type"].to_numpy()[rows]
     h = X[hit, info["feature_names"].index("h_mean")]
     assert h[types == "lymphocyte"].mean() > h[types == "macrophage"].mean()
-
-
-def _truth_rows(sdata, truth_sdata):
-    labels = np.asarray(truth_sdata["truth_labels"].data)
-    xy = sdata["sst_cells_table"].obsm["spatial"]
-    ids = labels[xy[:, 1].astype(int), xy[:, 0].astype(int)]
-    pos = {c: i for i, c in enumerate(truth_sdata["truth_expression"].obs["cell_id"])}
-    hit = np.flatnonzero(ids > 0)
-    return hit, np.array([pos[i] for i in ids[hit]])
 
 
 def test_embedding_is_deterministic_and_tiling_independent(segmented):

@@ -6,16 +6,12 @@ import spatialdata as sd
 import torch
 
 import scellst as sst
-from scellst.tl._evaluate import match_truth_cells, pearson_per_gene
+from scellst.tl._evaluate import match_truth_cells, pearson_per_gene, score_against_truth
 
 
 def _scores(sdata, key="sst_expression"):
-    pred, truth = sdata[key], sdata["truth_expression"]
-    rows, truth_rows = match_truth_cells(sdata, key)
-    r = pearson_per_gene(pred.X[rows], truth[:, pred.var_names].X[truth_rows])
-    r = dict(zip(pred.var_names, r, strict=True))
-    markers = [g for gs in truth.uns["marker_genes"].values() for g in gs]
-    return np.mean([r[g] for g in markers]), r
+    scores = score_against_truth(sdata, key)
+    return scores["markers"], scores["per_gene"]
 
 
 def test_round_trip_recovers_cell_truth(fitted):

@@ -39,11 +39,7 @@ def image_key(sdata: SpatialData, key: str | None = None) -> str:
 
 def image_level0(sdata: SpatialData, key: str) -> xr.DataArray:
     """The full-resolution level of an image element as a (c, y, x) DataArray (lazy)."""
-    element = sdata.images[key]
-    if isinstance(element, xr.DataTree):
-        scale0 = sorted(element.children)[0]
-        return next(iter(element[scale0].ds.data_vars.values()))
-    return element
+    return image_levels(sdata, key)[0]
 
 
 def image_levels(sdata: SpatialData, key: str) -> list[xr.DataArray]:

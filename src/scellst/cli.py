@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 log = logging.getLogger("scellst")
 
 
@@ -128,30 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_dir is not None:
         model.save(args.model_dir, overwrite=args.overwrite)
     if args.command == "demo":
-        log.info("per-cell Pearson vs truth: %s", json.dumps(_demo_scores(sdata)))
+        from .tl._evaluate import score_against_truth
+
+        scores = score_against_truth(sdata)
+        summary = {k: round(scores[k], 3) for k in ("markers", "morphology", "all")}
+        log.info("per-cell Pearson vs truth (mean by gene group): %s", json.dumps(summary))
     t = time.time()
     sst.io.write_zarr(sdata, args.out, overwrite=args.overwrite)
     log.info("wrote %s in %.1f s (total %.1f s)", args.out, time.time() - t, time.time() - t0)
     return 0
-
-
-def _demo_scores(sdata) -> dict[str, float]:
-    """Mean per-gene Pearson of predicted vs true cell expression, by gene group."""
-    from .tl._evaluate import match_truth_cells, pearson_per_gene
-
-    pred_rows, truth_rows = match_truth_cells(sdata)
-    truth = sdata["truth_expression"]
-    pred = sdata["sst_expression"]
-    r = pearson_per_gene(
-        np.asarray(pred.X)[pred_rows], np.asarray(truth[:, pred.var_names].X)[truth_rows]
-    )
-    r = dict(zip(pred.var_names, r, strict=True))
-    markers = [g for gs in truth.uns["marker_genes"].values() for g in gs]
-    return {
-        "marker_genes": round(float(np.mean([r[g] for g in markers])), 3),
-        "morphology_genes": round(float(np.mean([r[g] for g in truth.uns["morphology_genes"]])), 3),
-        "all_genes": round(float(np.nanmean(list(r.values()))), 3),
-    }
 
 
 if __name__ == "__main__":

@@ -67,8 +67,12 @@ class WatershedSegmenter:
         tissue = tissue_mask(rgb, mpp, p.tissue_od, p.tissue_smooth_um)
         if not tissue.any():  # background tile: nothing to segment
             return np.zeros(tissue.shape, np.float32), tissue
+        return self._tophat(rgb, mpp), tissue
+
+    def _tophat(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
+        p = self.params
         h = cv2.GaussianBlur(stain(optical_density(rgb), 0), (0, 0), p.smooth_um / mpp)
-        return h - background(h, p.background_radius_um / mpp), tissue
+        return h - background(h, p.background_radius_um / mpp)
 
     def fit_threshold(self, samples: list[np.ndarray], mpp: float) -> float | None:
         """Set the slide-wide threshold by Otsu on tissue pixels of sample tiles (RGB).
@@ -108,9 +112,7 @@ class WatershedSegmenter:
 
     def _segment(self, rgb: np.ndarray, tissue: np.ndarray, mpp: float) -> np.ndarray:
         p = self.params
-        h = cv2.GaussianBlur(stain(optical_density(rgb), 0), (0, 0), p.smooth_um / mpp)
-        th = h - background(h, p.background_radius_um / mpp)
-        fg = fill_holes((th > p.threshold) & tissue)
+        fg = fill_holes((self._tophat(rgb, mpp) > p.threshold) & tissue)
         k = _odd(2 * p.open_radius_um / mpp)
         fg = cv2.morphologyEx(
             fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))

@@ -69,8 +69,8 @@ class MorphologyEncoder:
             tree = cKDTree(centroids_um)
             k = min(6, n)
             dist, nn = tree.query(centroids_um, k=k)
-            context[:, 0] = [len(v) - 1 for v in tree.query_ball_point(centroids_um, 15.0)]
-            context[:, 1] = [len(v) - 1 for v in tree.query_ball_point(centroids_um, 30.0)]
+            context[:, 0] = tree.query_ball_point(centroids_um, 15.0, return_length=True) - 1
+            context[:, 1] = tree.query_ball_point(centroids_um, 30.0, return_length=True) - 1
             context[:, 2] = dist[:, 1]
             context[:, 3] = dist[:, -1]
             context[:, 4] = area[nn[:, 1:]].mean(1)

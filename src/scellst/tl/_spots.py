@@ -142,7 +142,7 @@ def select_genes(
                 f"genes={genes!r}: use a list of gene names or 'hvg:N' (e.g. 'hvg:50')."
             )
         return _hvg(slides, list(common), int(n), min_counts, min_frac)
-    genes = [genes] if isinstance(genes, str) else list(genes)
+    genes = list(genes)
     if not genes:
         raise ValueError("The gene list is empty.")
     missing = [g for g in genes if g not in common]

@@ -69,7 +69,12 @@ def predict(
             f"holds {encoder!r} ones; embed this slide with the training encoder."
         )
     cells_key = info.get("cells_key")
-    cells = cells_table(sdata, cells_key) if cells_key else emb
+    if cells_key is None:
+        raise ValueError(
+            f"Table {embedding_key!r} does not say which cells it embeds (no "
+            "uns['scellst']['embedding']['cells_key']); create it with `sst.tl.embed`."
+        )
+    cells = cells_table(sdata, cells_key)
     pred = model.predict_cells(np.asarray(emb.obsm[EMBEDDING_OBSM]))
     layers = {"counts": pred["counts"]} if "counts" in pred else {}
     uns = {
