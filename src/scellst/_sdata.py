@@ -60,7 +60,12 @@ def image_shape_yx(sdata: SpatialData, key: str) -> tuple[int, int]:
 
 def read_rgb(img: xr.DataArray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """Read a window of a (c, y, x) image as a (y, x, 3) uint8 RGB array."""
-    window = np.asarray(img.data[:, y0:y1, x0:x1])
+    window = img.data[:, y0:y1, x0:x1]
+    if hasattr(window, "compute"):
+        # in the calling thread: tiles already run in parallel, and dask's threaded scheduler
+        # would spend more time scheduling a window's chunks (holding the GIL) than decoding them
+        window = window.compute(scheduler="synchronous")
+    window = np.asarray(window)
     # contiguous (y, x, c): OpenCV silently copies non-contiguous inputs on every call
     return np.ascontiguousarray(to_rgb_uint8(np.moveaxis(window, 0, -1)))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stains import optical_density
+from ._stains import total_od
 
 #: Environment variable naming cellpose's model folder (read by cellpose itself too).
 MODELS_ENV = "CELLPOSE_LOCAL_MODELS_PATH"
@@ -295,7 +295,7 @@ class CellposeSegmenter:
         """Whether a tile has fewer tissue pixels than the smallest nucleus (nothing to find)."""
         if self.tissue_od is None:
             return False
-        n_tissue = int((optical_density(rgb).sum(-1) > self.tissue_od).sum())
+        n_tissue = int((total_od(rgb) > self.tissue_od).sum())
         return n_tissue < max(1.0, self.min_area_um2 / microns_per_pixel**2)
 
     def __call__(self, rgb: np.ndarray, microns_per_pixel: float) -> np.ndarray:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import shapely
 
-from ._stains import optical_density, stain
+from ._stains import hematoxylin
 from ._tiles import Tile
 
 
@@ -23,7 +23,9 @@ def owned_nuclei(labels: np.ndarray, rgb: np.ndarray, tile: Tile) -> dict[str, n
             f"{rgb.shape[:2]}; a segmentation callable must return one label per pixel."
         )
     labels = labels.astype(np.int32, copy=False)
-    flat = labels.ravel()
+    # per-object sums over the object pixels only (a fraction of the tile; bincount holds the GIL)
+    inside = np.flatnonzero(labels.ravel())
+    flat = labels.ravel()[inside]
     count = np.bincount(flat)
     present = np.flatnonzero(count[1:]) + 1
     if present.size == 0:
@@ -31,18 +33,22 @@ def owned_nuclei(labels: np.ndarray, rgb: np.ndarray, tile: Tile) -> dict[str, n
             "geometry": np.empty(0, dtype=object),
             "area_px": np.empty(0),
             "mean_hematoxylin": np.empty(0),
+            "centroid_x": np.empty(0),
+            "centroid_y": np.empty(0),
         }
     rings = [c + [tile.wx0 + 0.5, tile.wy0 + 0.5] for c in _contours_of(labels, present)]
     geometry = polygons_from_pixel_contours(rings, count[present])
     centroid = shapely.get_coordinates(shapely.centroid(geometry))
     own = tile.owns(np.floor(centroid[:, 1]), np.floor(centroid[:, 0]))
     ids = present[own]
-    h = stain(optical_density(rgb), 0)
-    mean_h = np.bincount(flat, weights=h.ravel(), minlength=len(count))[ids] / count[ids]
+    h = hematoxylin(rgb.reshape(-1, 3)[inside])
+    mean_h = np.bincount(flat, weights=h, minlength=len(count))[ids] / count[ids]
     return {
         "geometry": geometry[own],
         "area_px": count[ids].astype(float),
         "mean_hematoxylin": mean_h,
+        "centroid_x": centroid[own, 0],
+        "centroid_y": centroid[own, 1],
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -101,6 +103,28 @@ def map_tiles(
         # the workers are the parallelism: nested BLAS/OpenMP threads would only contend
         with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(1):
             yield from _bounded(lambda t: pool.submit(fn, t), tiles, 2 * n_jobs, bar)
+
+
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the system (glibc only; a no-op elsewhere).
+
+    Building a tile's polygons frees many small temporaries between the nuclei that stay; glibc
+    keeps those holes, so over thousands of tiles the process grows far beyond what it holds.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _bounded(submit, tiles, limit, bar):

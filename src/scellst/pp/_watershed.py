@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from ._stains import optical_density, stain
+from ._stains import hematoxylin, total_od
 
 
 @dataclass
@@ -71,7 +71,7 @@ class WatershedSegmenter:
 
     def _tophat(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         p = self.params
-        h = cv2.GaussianBlur(stain(optical_density(rgb), 0), (0, 0), p.smooth_um / mpp)
+        h = cv2.GaussianBlur(hematoxylin(rgb), (0, 0), p.smooth_um / mpp)
         return h - background(h, p.background_radius_um / mpp)
 
     def fit_threshold(self, samples: list[np.ndarray], mpp: float) -> float | None:
@@ -151,7 +151,7 @@ def tissue_mask(rgb: np.ndarray, mpp: float, min_od: float, smooth_um: float) ->
     """Smoothed total optical density above ``min_od``, computed at 1/4 resolution (it is smooth)."""
     f = ALIGN if min(rgb.shape[:2]) >= 16 * ALIGN else 1
     small = _down(rgb, f) if f > 1 else rgb
-    total = optical_density(small).sum(-1)
+    total = total_od(small)
     small = cv2.GaussianBlur(total, (0, 0), max(smooth_um / mpp / f, 0.5)) > min_od
     if f == 1:
         return small

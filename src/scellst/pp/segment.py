@@ -33,8 +33,8 @@ from ._cells import write_cells
 from ._checkpoint import TileCheckpoint
 from ._polygons import owned_nuclei
 from ._rasterize import rasterize_cells
-from ._stains import optical_density
-from ._tiles import Tile, map_tiles, tile_grid
+from ._stains import total_od
+from ._tiles import Tile, map_tiles, release_free_memory, tile_grid
 from ._watershed import ALIGN, WatershedParams, WatershedSegmenter
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,10 @@ def segment(
             "H&E. Check the image and its scale (sst.io.microns_per_pixel), or lower the "
             "thresholds through `params` (e.g. {'tissue_od': 0.05})."
         )
-    centroids = shapely.get_coordinates(shapely.centroid(geometry))
+    if "centroid_x" in obs_extra:  # from the tiles: no need for a Point per nucleus here
+        centroids = np.column_stack([obs_extra.pop("centroid_x"), obs_extra.pop("centroid_y")])
+    else:
+        centroids = shapely.get_coordinates(shapely.centroid(geometry))
     area_px = obs_extra.pop("area_px", None)
     if area_px is None:
         area_px = shapely.area(geometry)
@@ -230,6 +233,7 @@ def _segment_image(
         result = {"geometry": found.pop("geometry"), **{f"obs_{k}": v for k, v in found.items()}}
         if store is not None:
             store.save(tile, result)
+        release_free_memory()
         return result
 
     parts = list(
@@ -241,7 +245,9 @@ def _segment_image(
             progress=progress,
         )
     )
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # keys every tile has (tiles of an older checkpoint may lack newer measurements)
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
     geometry = merged.pop("geometry")
     return geometry, {k.removeprefix("obs_"): v for k, v in merged.items()}, info
 
@@ -275,7 +281,7 @@ def _threshold_samples(
         for c in sorted(centres)
     }
     _check_brightfield(np.concatenate([p.reshape(-1, 3) for p in probes.values()])[None], key)
-    frac = {c: float((optical_density(p).sum(-1) > tissue_od).mean()) for c, p in probes.items()}
+    frac = {c: float((total_od(p) > tissue_od).mean()) for c, p in probes.items()}
     best = [c for c in sorted(frac, key=frac.get, reverse=True)[:n_samples] if frac[c] > 0.05]
     if not best:
         best = _tissue_centres_from_preview(sdata, key, tissue_od, n_samples)
@@ -295,7 +301,7 @@ def _tissue_centres_from_preview(sdata, key, tissue_od, n) -> list[tuple[int, in
     step = int(math.ceil(max(H, W) / 2048)) if len(levels) == 1 and max(H, W) > 4096 else 1
     data = coarse.data if step == 1 else coarse.data[:, ::step, ::step]
     low = to_rgb_uint8(np.moveaxis(np.asarray(data), 0, -1))
-    tissue = optical_density(low).sum(-1) > tissue_od
+    tissue = total_od(low) > tissue_od
     if not tissue.any():
         return []
     fy, fx = H / low.shape[0], W / low.shape[1]
