@@ -51,9 +51,10 @@ class CellMLP(nn.Module):
         with torch.no_grad():
             if self.output == "exp":
                 last.bias.copy_(torch.log(typical.clamp_min(1e-6)))
-            else:  # inverse softplus
+            else:  # inverse softplus, x + log(1 - exp(-b x)) / b: no overflow for large x
                 b = self.softplus.beta
-                last.bias.copy_(torch.log(torch.expm1(b * typical.clamp_min(1e-4))) / b)
+                x = typical.clamp_min(1e-4)
+                last.bias.copy_(x + torch.log(-torch.expm1(-b * x)) / b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.net((x - self.in_mean) / self.in_std)

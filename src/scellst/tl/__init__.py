@@ -9,18 +9,36 @@ from ._segmentation_metrics import segmentation_metrics
 from .embed import embed
 
 # The model code imports torch (~0.6 GB of memory): load it on first use, so that reading,
-# segmenting and embedding slides never pay for it.
-_LAZY = {"MILModel": "._model", "fit": ".fit", "predict": ".predict"}
+# segmenting and embedding slides with the default encoder never pay for it.
+_LAZY = {
+    "MILModel": "._model",
+    "fit": ".fit",
+    "predict": ".predict",
+    "TorchEncoder": "._torch_encoder",
+    "SSLEncoder": "._torch_encoder",
+    "pretrained_encoder": "._torch_encoder",
+    "train_encoder": ".train_encoder",
+    "evaluate": "._evaluate",
+    "leave_one_slide_out": "._crossval",
+    "CrossValidation": "._crossval",
+}
 
 __all__ = [
     "CropBatch",
+    "CrossValidation",
     "Encoder",
     "MILModel",
     "MorphologyEncoder",
+    "SSLEncoder",
+    "TorchEncoder",
     "embed",
+    "evaluate",
     "fit",
+    "leave_one_slide_out",
     "predict",
+    "pretrained_encoder",
     "segmentation_metrics",
+    "train_encoder",
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -15,7 +17,9 @@ class Encoder(Protocol):
     """An encoder maps a :class:`~scellst.tl.CropBatch` to an ``(n, dim)`` float array.
 
     ``prepare`` (optional) sees the whole cells table first, for features that need every cell
-    at once (e.g. neighbourhood statistics). ``provenance`` is stored in the table's ``uns``.
+    at once (e.g. neighbourhood statistics). ``provenance`` (optional, a dict of strings,
+    numbers and lists) is stored in the embedding table's ``uns``. ``crop_size_um`` and
+    ``crop_mpp`` (optional) set the crops that :func:`~scellst.tl.embed` reads for it.
     """
 
     name: str
@@ -51,20 +55,39 @@ class CallableEncoder:
         return out
 
 
-def resolve_encoder(encoder) -> Encoder:
+def _is_torch_module(obj) -> bool:
+    """Whether ``obj`` is a ``torch.nn.Module``, without importing torch when it is not loaded."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def resolve_encoder(encoder, weights: str | os.PathLike | None = None) -> Encoder:
+    """The :class:`Encoder` described by ``encoder`` (see :func:`scellst.tl.embed`)."""
     from ._morphology import MorphologyEncoder
 
-    if isinstance(encoder, str):
-        if encoder == "morphology":
-            return MorphologyEncoder()
+    if weights is not None and not isinstance(encoder, str):
         raise ValueError(
-            f"Unknown encoder {encoder!r}. Available: 'morphology' (handcrafted, weight-free), "
-            "an Encoder object, or a callable f(crops) -> features."
+            "`weights` applies to a pretrained model name (e.g. encoder='resnet50'), not to "
+            f"an encoder of type {type(encoder).__name__}."
         )
+    if isinstance(encoder, str) and encoder == "morphology":
+        if weights is not None:
+            raise ValueError("The 'morphology' encoder has no weights; drop `weights`.")
+        return MorphologyEncoder()
+    if isinstance(encoder, str | os.PathLike):
+        # a pretrained model name or a trained encoder's folder: needs torch (loaded only now)
+        from ._torch_encoder import encoder_from_name
+
+        return encoder_from_name(encoder, weights)
+    if _is_torch_module(encoder):
+        from ._torch_encoder import TorchEncoder
+
+        return TorchEncoder(encoder)
     if isinstance(encoder, Encoder):
         return encoder
     if callable(encoder):
         return CallableEncoder(encoder)
     raise TypeError(
-        f"`encoder` must be a name, an Encoder or a callable, got {type(encoder).__name__}."
+        "`encoder` must be a name, a folder, an Encoder, a torch module or a callable, got "
+        f"{type(encoder).__name__}."
     )

@@ -1,11 +1,336 @@
-"""Scoring predictions against a per-cell truth (synthetic slides)."""
+"""``sst.tl.evaluate``: per-gene accuracy of predictions at spot level or at cell level, and the
+scoring against the synthetic per-cell truth."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
+import anndata as ad
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+from scipy.stats import rankdata
 from spatialdata import SpatialData
 
-from ..constants import EXPRESSION_KEY, SPATIAL_OBSM, TRUE_EXPRESSION_KEY, TRUE_LABELS_KEY
+from ..constants import (
+    CELLS_KEY,
+    EMBEDDING_KEY,
+    EXPRESSION_KEY,
+    SPATIAL_OBSM,
+    TRUE_EXPRESSION_KEY,
+    TRUE_LABELS_KEY,
+    UNS_KEY,
+)
+from ..io._scale import element_microns_per_unit
+from ._spots import TARGET_SUM, SlideBags, slide_bags
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    sdata: SpatialData,
+    model=None,
+    *,
+    level: str = "spot",
+    truth: str | ad.AnnData | None = None,
+    spots: Sequence | None = None,
+    genes: Sequence[str] | None = None,
+    table_key: str = EXPRESSION_KEY,
+    embedding_key: str = EMBEDDING_KEY,
+    cells_key: str = CELLS_KEY,
+    spots_key: str | None = None,
+    min_spot_counts: int = 20,
+    max_distance_um: float = 4.0,
+) -> pd.DataFrame:
+    """Per-gene Pearson and Spearman correlation of predictions with measured expression.
+
+    - ``level="spot"``: the cell predictions of each spot are aggregated as in training (mean or
+      sum, in the model's units) and compared, across spots, with the spot's measured
+      log-normalised expression (``log1p`` of counts per 10,000). Use it on a held-out slide, or
+      on the validation spots of a training slide (``spots=model.config["validation_spots"][i]``).
+    - ``level="cell"``: predictions of the segmented cells are compared, across cells, with a
+      cells × genes ground truth: the synthetic truth of :func:`scellst.datasets.synthetic`
+      (matched through the true nucleus under each centroid), or any table of measured cells,
+      e.g. Xenium, matched to the segmented cells by nearest centroid. Truth counts (integer
+      ``X``) are log-normalised per cell (``log1p`` of counts per 10,000 of the panel).
+
+    Parameters
+    ----------
+    sdata
+        The slide, with predictions (:func:`scellst.tl.predict`) or with an embedding and
+        ``model``.
+    model
+        A :class:`~scellst.tl.MILModel`; when given, predictions are computed from the embedding
+        table and ``table_key`` is not needed.
+    level
+        ``"spot"`` or ``"cell"``.
+    truth
+        ``level="cell"``: key of a cells × genes table of ``sdata``, or an
+        :class:`~anndata.AnnData`, whose ``obsm["spatial"]`` holds the cell centroids (x, y) in
+        the pixel frame of the segmented cells (the H&E's full-resolution pixels). Default: the
+        synthetic truth ``"truth_expression"``.
+    spots
+        ``level="spot"``: instance ids of the spots to score (default: every spot with cells and
+        at least ``min_spot_counts`` counts).
+    genes
+        Genes to score (default: every predicted gene that is measured).
+    table_key, embedding_key, cells_key, spots_key
+        The prediction table, the embedding table, the cell shapes and the spot circles.
+    min_spot_counts
+        Spots with fewer counts are not scored.
+    max_distance_um
+        ``level="cell"`` with a table of measured cells: largest centroid distance of a match.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per gene: ``pearson``, ``spearman``, ``mse`` (on log-normalised values) and
+        ``n`` (spots or cells scored). ``attrs`` holds ``level``, ``mean_pearson``,
+        ``mean_spearman`` (means over genes, NaN for constant genes left out), ``n_spots`` or
+        ``n_cells`` and ``matched_fraction``, and ``missing_genes`` (predicted but not measured).
+
+    Examples
+    --------
+    >>> sst.tl.predict(held_out, model)
+    >>> scores = sst.tl.evaluate(held_out)
+    >>> scores.attrs["mean_pearson"], scores.sort_values("pearson").tail()
+    """
+    if level == "spot":
+        return _evaluate_spots(
+            sdata,
+            model,
+            spots=spots,
+            genes=genes,
+            table_key=table_key,
+            embedding_key=embedding_key,
+            cells_key=cells_key,
+            spots_key=spots_key,
+            min_spot_counts=min_spot_counts,
+        )
+    if level == "cell":
+        return _evaluate_cells(
+            sdata,
+            model,
+            truth=truth,
+            genes=genes,
+            table_key=table_key,
+            embedding_key=embedding_key,
+            max_distance_um=max_distance_um,
+        )
+    raise ValueError(f"level must be 'spot' or 'cell', got {level!r}")
+
+
+def score_genes(pred: np.ndarray, measured: np.ndarray, genes: Sequence[str]) -> pd.DataFrame:
+    """Per-gene Pearson, Spearman and MSE of two (samples × genes) arrays."""
+    pred = np.asarray(pred, np.float64)
+    measured = np.asarray(measured, np.float64)
+    if pred.shape != measured.shape:
+        raise ValueError(f"Shapes differ: {pred.shape} vs {measured.shape}")
+    table = pd.DataFrame(
+        {
+            "pearson": pearson_per_gene(pred, measured),
+            "spearman": pearson_per_gene(rankdata(pred, axis=0), rankdata(measured, axis=0)),
+            "mse": np.mean((pred - measured) ** 2, axis=0),
+            "n": len(pred),
+        },
+        index=pd.Index(list(genes), name="gene"),
+    )
+    table.attrs["mean_pearson"] = _nanmean(table["pearson"])
+    table.attrs["mean_spearman"] = _nanmean(table["spearman"])
+    return table
+
+
+def _nanmean(x) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+def log_normalized(counts, total: np.ndarray) -> np.ndarray:
+    """``log1p`` of counts per 10,000 of ``total`` (dense float64)."""
+    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    return np.log1p(counts / np.maximum(np.asarray(total, np.float64), 1)[:, None] * TARGET_SUM)
+
+
+def measured_spots(bags: SlideBags, genes: Sequence[str]) -> np.ndarray:
+    """Measured log-normalised expression of the kept spots of a slide."""
+    total = np.asarray(bags.spots.X.sum(1)).ravel()
+    return log_normalized(bags.spots[:, list(genes)].X, total)
+
+
+def _spot_subset(bags: SlideBags, spots: Sequence | None) -> np.ndarray:
+    if spots is None:
+        return np.ones(bags.spots.n_obs, bool)
+    wanted = pd.Index(list(spots))
+    instance = pd.Index(bags.instance)
+    unknown = wanted.difference(instance)
+    if len(unknown):
+        raise KeyError(
+            f"{len(unknown)} of the requested spots are not scored (unknown ids, or spots without "
+            f"cells or with < min_spot_counts counts): {list(unknown[:10])}."
+        )
+    return instance.isin(wanted)
+
+
+def _prediction_info(sdata: SpatialData, table_key: str) -> tuple[ad.AnnData, dict]:
+    if table_key not in sdata.tables:
+        raise KeyError(
+            f"No prediction table {table_key!r}: run `sst.tl.predict(sdata, model)` first, or pass "
+            "`model=` to evaluate."
+        )
+    table = sdata.tables[table_key]
+    info = table.uns.get(UNS_KEY, {}).get("prediction")
+    if not info or "model" not in info:
+        raise ValueError(
+            f"Table {table_key!r} was not written by this version of `sst.tl.predict` (no "
+            "uns['scellst']['prediction']['model']); predict again, or pass `model=`."
+        )
+    return table, info
+
+
+def _spot_predictions_from_table(table: ad.AnnData, info: dict, bags: SlideBags) -> np.ndarray:
+    """Aggregate the per-cell predictions of a table back into spot predictions."""
+    m = info["model"]
+    rows = bags.cell_index
+    n_spots = bags.spots.n_obs
+    count = np.bincount(bags.bag, minlength=n_spots).astype(np.float64)
+    n_med = float(m.get("median_cells_per_spot", 1.0))
+
+    def agg(values: np.ndarray) -> np.ndarray:
+        out = np.zeros((n_spots, values.shape[1]))
+        np.add.at(out, bags.bag, values)
+        return out / count[:, None] if m["aggregation"] == "mean" else out
+
+    if m["loss"] == "mse":
+        X = np.asarray(table.X[rows], np.float64)
+        per_spot = n_med if m["aggregation"] == "sum" else 1.0
+        return agg(X) / per_spot
+    counts = np.asarray(table.layers["counts"][rows], np.float64)
+    rate = agg(counts) * (n_med if m["aggregation"] == "mean" else 1.0)
+    return np.log1p(rate * TARGET_SUM / float(m["median_total_counts"]))
+
+
+def _evaluate_spots(
+    sdata, model, *, spots, genes, table_key, embedding_key, cells_key, spots_key, min_spot_counts
+) -> pd.DataFrame:
+    if model is None:
+        table, info = _prediction_info(sdata, table_key)
+        embedding_key = info.get("embedding_key", embedding_key)
+        predicted_genes = list(table.var_names)
+    else:
+        predicted_genes = model.genes
+    bags = slide_bags(
+        sdata,
+        cells_key=cells_key,
+        embedding_key=embedding_key,
+        spots_key=spots_key,
+        min_counts=min_spot_counts,
+    )
+    if model is None:
+        if table.n_obs != len(sdata.tables[embedding_key]):
+            raise ValueError(
+                f"Table {table_key!r} has {table.n_obs} cells but the embedding has "
+                f"{len(sdata.tables[embedding_key])}; predict again."
+            )
+        pred = _spot_predictions_from_table(table, info, bags)
+    else:
+        pred = model.predict_spots(bags.features, bags.bag, bags.spots.n_obs)
+    keep_genes, missing = _genes_to_score(predicted_genes, bags.spots.var_names, genes)
+    idx = [predicted_genes.index(g) for g in keep_genes]
+    mask = _spot_subset(bags, spots)
+    result = score_genes(pred[mask][:, idx], measured_spots(bags, keep_genes)[mask], keep_genes)
+    result.attrs.update(
+        level="spot", n_spots=int(mask.sum()), missing_genes=missing, spots=bags.skipped()
+    )
+    return result
+
+
+def _genes_to_score(predicted, measured, genes) -> tuple[list[str], list[str]]:
+    measured = set(measured)
+    if genes is not None:
+        genes = list(genes)
+        unknown = [g for g in genes if g not in predicted]
+        if unknown:
+            raise KeyError(f"Genes not predicted by the model: {unknown[:20]}.")
+        predicted = genes
+    missing = [g for g in predicted if g not in measured]
+    if missing:
+        log.warning("evaluate: %d predicted genes are not measured: %s", len(missing), missing[:10])
+    keep = [g for g in predicted if g in measured]
+    if not keep:
+        raise ValueError("None of the predicted genes is measured: nothing to score.")
+    return keep, missing
+
+
+def _evaluate_cells(
+    sdata, model, *, truth, genes, table_key, embedding_key, max_distance_um
+) -> pd.DataFrame:
+    if model is None:
+        table, _ = _prediction_info(sdata, table_key)
+        pred, predicted_genes = np.asarray(table.X), list(table.var_names)
+        xy = np.asarray(table.obsm[SPATIAL_OBSM])
+        source, cells_key = table_key, table.uns[UNS_KEY]["prediction"]["cells_key"]
+    else:
+        if embedding_key not in sdata.tables:
+            raise KeyError(f"No embedding table {embedding_key!r}: run `sst.tl.embed` first.")
+        emb = sdata.tables[embedding_key]
+        pred = model.predict_cells(emb.obsm["X_sst"])["log_normalized"]
+        predicted_genes, xy = model.genes, np.asarray(emb.obsm[SPATIAL_OBSM])
+        source = embedding_key
+        cells_key = emb.uns.get(UNS_KEY, {}).get("embedding", {}).get("cells_key", CELLS_KEY)
+    synthetic = truth is None or (isinstance(truth, str) and truth == TRUE_EXPRESSION_KEY)
+    if synthetic and TRUE_LABELS_KEY in sdata.labels and TRUE_EXPRESSION_KEY in sdata.tables:
+        truth_table = sdata.tables[TRUE_EXPRESSION_KEY]
+        rows, truth_rows = match_truth_cells(sdata, source)
+        truth_values = truth_table.X
+        matched = len(rows) / max(len(xy), 1)
+    else:
+        if truth is None:
+            raise ValueError(
+                "No cell-level truth: pass `truth=` (a table key of sdata or an AnnData with "
+                "cells × genes and obsm['spatial'] centroids in the cells' pixel frame)."
+            )
+        truth_table = sdata.tables[truth] if isinstance(truth, str) else truth
+        if SPATIAL_OBSM not in truth_table.obsm:
+            raise ValueError("The truth table needs obsm['spatial']: cell centroids (x, y) in px.")
+        mpu = element_microns_per_unit(sdata, cells_key)
+        rows, truth_rows = _match_nearest(
+            xy, np.asarray(truth_table.obsm[SPATIAL_OBSM]), max_distance_um / mpu
+        )
+        truth_values = _truth_log_normalized(truth_table)
+        matched = len(rows) / max(len(xy), 1)
+    keep_genes, missing = _genes_to_score(predicted_genes, truth_table.var_names, genes)
+    idx = [predicted_genes.index(g) for g in keep_genes]
+    truth_idx = truth_table.var_names.get_indexer(keep_genes)
+    tv = truth_values[truth_rows][:, truth_idx]
+    tv = tv.toarray() if sp.issparse(tv) else np.asarray(tv)
+    result = score_genes(np.asarray(pred)[rows][:, idx], tv, keep_genes)
+    result.attrs.update(
+        level="cell", n_cells=int(len(rows)), matched_fraction=float(matched), missing_genes=missing
+    )
+    return result
+
+
+def _truth_log_normalized(table: ad.AnnData):
+    X = table.X
+    sample = X[: min(200, X.shape[0])]
+    sample = sample.toarray() if sp.issparse(sample) else np.asarray(sample)
+    if (sample >= 0).all() and np.allclose(sample, np.round(sample)) and sample.max() > 1:
+        return log_normalized(X, np.asarray(X.sum(1)).ravel())
+    return X
+
+
+def _match_nearest(xy: np.ndarray, truth_xy: np.ndarray, max_distance: float):
+    """One-to-one matches of predicted cells to truth cells by nearest centroid (closest wins)."""
+    if len(xy) == 0 or len(truth_xy) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    dist, nearest = cKDTree(truth_xy).query(xy, k=1, distance_upper_bound=max_distance)
+    hit = np.flatnonzero(np.isfinite(dist))
+    order = hit[np.argsort(dist[hit], kind="stable")]
+    _, first = np.unique(nearest[order], return_index=True)
+    rows = np.sort(order[first])
+    return rows, nearest[rows]
 
 
 def match_truth_cells(

@@ -22,11 +22,13 @@ def default_device() -> torch.device:
 class MILModel:
     """A per-cell MLP trained from spot-level expression (multiple-instance learning).
 
-    Predictions (:meth:`predict_cells`) are per cell, in log-normalised units
-    (``log1p`` of expression normalised to 10,000 counts), and with a count loss also as expected
-    counts at the training slides' median spot depth.
+    Predictions (:meth:`predict_cells`) are per cell, in the log-normalised units of the spot
+    targets (``log1p`` of counts per 10,000), and with a count loss also as the expected counts
+    the cell contributes to a spot of the training slides' median depth; :meth:`predict_spots`
+    aggregates them into spot predictions as in training.
 
-    Use :func:`scellst.tl.fit` to train one; :meth:`save` / :meth:`load` to keep it.
+    Use :func:`scellst.tl.fit` to train one; :meth:`save` / :meth:`load` to keep it. ``config``
+    holds the genes, settings, preprocessing and encoder reference, ``history`` the loss curves.
     """
 
     def __init__(self, config: dict, module: CellMLP, log_theta: torch.Tensor | None = None):
@@ -84,8 +86,7 @@ class MILModel:
             out.append(self.module(x).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
 
-    def predict_cells(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-cell predictions: ``{"log_normalized": ..., "counts": ...}`` (counts for count losses)."""
+    def _check_features(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.config["n_features"]:
             raise ValueError(
@@ -93,11 +94,75 @@ class MILModel:
                 f"({self.config['encoder']!r} embedding) but got shape {features.shape}. Embed the "
                 "slide with the same encoder as the training slides."
             )
-        raw = self.cell_outputs(features)
+        return features
+
+    @property
+    def units(self) -> str:
+        """Units of the ``log_normalized`` predictions."""
+        return "log1p(counts per 10,000)"
+
+    def predict_cells(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-cell predictions from cell embeddings.
+
+        Returns
+        -------
+        dict
+            ``"log_normalized"``: ``log1p`` of counts per 10,000, the units of the spot targets:
+            what a spot made only of cells like this one would measure (with ``"sum"``
+            aggregation, a spot of the training slides' median number of cells).
+            ``"counts"`` (count losses only): expected counts that the cell contributes to a spot
+            of the training slides' median depth and median number of cells.
+        """
+        raw = self.cell_outputs(self._check_features(features))
+        c = self.config
+        n_med = float(c.get("median_cells_per_spot", 1.0))
+        per_spot = n_med if c["aggregation"] == "sum" else 1.0
+        if c["loss"] == "mse":
+            scale = np.asarray(c["target_scale"], np.float32)
+            return {"log_normalized": (raw * scale * per_spot).astype(np.float32)}
+        depth = float(c["median_total_counts"])
+        log_normalized = np.log1p(raw * (per_spot * 1e4 / depth)).astype(np.float32)
+        counts = raw if c["aggregation"] == "sum" else raw / n_med
+        return {"log_normalized": log_normalized, "counts": counts.astype(np.float32)}
+
+    def predict_spots(self, features: np.ndarray, bag: np.ndarray, n_spots: int) -> np.ndarray:
+        """Spot predictions in log-normalised units (``log1p`` of counts per 10,000).
+
+        The cell outputs are aggregated as in training (mean or sum over the cells of each spot;
+        ``bag[i]`` is the spot, 0..n_spots-1, of cell ``i``), then converted: for count losses
+        ``log1p`` of the aggregated rate per 10,000 of the median depth.
+        """
+        from ..nn import aggregate
+
+        raw = torch.as_tensor(self.cell_outputs(self._check_features(features)))
+        agg = aggregate(
+            raw, torch.as_tensor(np.asarray(bag, np.int64)), n_spots, self.config["aggregation"]
+        )
+        agg = agg.numpy()
         if self.config["loss"] == "mse":
-            return {"log_normalized": raw * np.asarray(self.config["target_scale"], np.float32)}
+            return (agg * np.asarray(self.config["target_scale"], np.float32)).astype(np.float32)
         depth = float(self.config["median_total_counts"])
-        return {"log_normalized": np.log1p(raw * (1e4 / depth)).astype(np.float32), "counts": raw}
+        return np.log1p(agg * (1e4 / depth)).astype(np.float32)
+
+    def summary(self) -> dict:
+        """Settings, preprocessing, encoder reference, skipped spots and loss curves, in a form
+        that AnnData can store in ``uns`` (no ragged lists, no ``None``)."""
+        c = self.config
+        keys = (
+            "loss", "aggregation", "encoder", "gene_selection", "scale_targets", "validation",
+            "lr", "batch_size", "max_epochs", "patience", "smoothing", "seed",
+            "epochs_run", "best_epoch", "best_loss", "n_train_spots", "n_val_spots",
+            "n_train_cells", "median_total_counts", "median_cells_per_spot", "n_slides",
+        )  # fmt: skip
+        out = {k: c[k] for k in keys if k in c and c[k] is not None}
+        out["encoder_info"] = c.get("encoder_info", {"encoder": c["encoder"]})
+        out["preprocessing"] = c.get("preprocessing", {})
+        for name in ("slides", "validation_slides"):
+            rows = c.get(name) or []
+            if rows:
+                out[name] = {k: [r[k] for r in rows] for k in rows[0]}
+        out["history"] = {k: np.asarray(v, np.float64) for k, v in self.history.items()}
+        return out
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anndata as ad
@@ -20,6 +21,9 @@ from ._tables import cells_table
 
 log = logging.getLogger(__name__)
 
+#: Spot targets (sCellST): log1p of counts per TARGET_SUM of the spot (all genes).
+TARGET_SUM = 1e4
+
 
 @dataclass
 class SlideBags:
@@ -30,6 +34,27 @@ class SlideBags:
     spots: ad.AnnData  # kept spots x all genes, raw counts; obs has 'x_um', 'y_um'
     feature_names: list[str]
     encoder: str
+    cell_index: np.ndarray  # (n_cells,) row of each cell in the cells/embedding table
+    spots_key: str = ""
+    n_spots_total: int = 0  # spots in the table before filtering
+    n_no_cells: int = 0  # spots skipped because no segmented cell lies in them
+    n_low_counts: int = 0  # spots skipped because of fewer than min_counts counts
+    encoder_info: dict | None = None  # the embedding's provenance (no slide-specific statistics)
+
+    @property
+    def instance(self) -> np.ndarray:
+        """Instance ids (spot circle index labels) of the kept spots, in bag order."""
+        return self.spots.obs["_instance"].to_numpy()
+
+    def skipped(self) -> dict:
+        """Counts of spots dropped before training, for reports."""
+        return {
+            "spots_key": self.spots_key,
+            "n_spots": int(self.n_spots_total),
+            "n_kept": int(self.spots.n_obs),
+            "n_without_cells": int(self.n_no_cells),
+            "n_low_counts": int(self.n_low_counts),
+        }
 
 
 def slide_bags(
@@ -72,7 +97,7 @@ def slide_bags(
     keep = has_cells & (total >= min_counts)
     if (~has_cells).any():
         log.warning(
-            "fit: %d of %d spots of %r contain no segmented cell and are skipped.",
+            "%d of %d spots of %r contain no segmented cell and are skipped.",
             int((~has_cells).sum()),
             len(has_cells),
             skey,
@@ -82,8 +107,11 @@ def slide_bags(
             f"No spot of {skey!r} has both a segmented cell and >= {min_counts} counts: check that "
             "the spots lie on the tissue and that segmentation found nuclei."
         )
+    n_total = len(keep)
+    n_low = int((has_cells & (total < min_counts)).sum())
     spots = spots[keep].copy()
     instance = instance[keep]
+    spots.obs["_instance"] = instance
     pos = pd.Series(np.arange(len(instance)), index=instance)
     in_bag = np.isin(spot_of_cell, instance)
     cell_idx = np.flatnonzero(in_bag)
@@ -101,7 +129,35 @@ def slide_bags(
         spots=spots,
         feature_names=list(info.get("feature_names", [])),
         encoder=info.get("encoder", "unknown"),
+        cell_index=cell_idx[order],
+        spots_key=skey,
+        n_spots_total=n_total,
+        n_no_cells=int((~has_cells).sum()),
+        n_low_counts=n_low,
+        encoder_info=encoder_reference(info),
     )
+
+
+def encoder_reference(info: dict) -> dict:
+    """What identifies the encoder of an embedding (its name, crop geometry, provenance).
+
+    Slide-specific entries (colour statistics, keys of the slide's elements) are left out.
+    """
+    keep = ("encoder", "crop_size_um", "crop_mpp", "provenance")
+    return {k: _plain(info[k]) for k in keep if k in info}
+
+
+def _plain(value):
+    """JSON/zarr-friendly copy: numpy scalars and arrays to Python, None to ''."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return "" if value is None else value
 
 
 def _spots_table(sdata: SpatialData, skey: str) -> ad.AnnData:
@@ -129,19 +185,35 @@ def _spots_table(sdata: SpatialData, skey: str) -> ad.AnnData:
 
 
 def select_genes(
-    slides: list[SlideBags], genes, *, min_counts: int = 200, min_frac: float = 0.1
+    slides: list[SlideBags],
+    genes,
+    *,
+    min_counts: int = 200,
+    min_frac: float = 0.1,
+    universe: pd.Index | None = None,
 ) -> list[str]:
-    """Resolve ``genes`` (list, or ``"hvg:N"``) against the genes shared by all slides."""
+    """Resolve ``genes`` (a list, ``"hvg:N"`` or ``"svg:N"``) against the genes of all slides.
+
+    ``universe`` restricts the candidates further (e.g. to the genes also measured on a held-out
+    slide). Selected genes are returned sorted by name.
+    """
     common = slides[0].spots.var_names
     for s in slides[1:]:
         common = common.intersection(s.spots.var_names, sort=False)
+    if universe is not None:
+        common = common.intersection(pd.Index(universe), sort=False)
     if isinstance(genes, str):
         kind, _, n = genes.partition(":")
-        if kind.lower() != "hvg" or not n.isdigit():
+        kind = kind.lower()
+        if kind not in ("hvg", "svg") or not n.isdigit() or int(n) < 1:
             raise ValueError(
-                f"genes={genes!r}: use a list of gene names or 'hvg:N' (e.g. 'hvg:50')."
+                f"genes={genes!r}: use a list of gene names, 'hvg:N' (highly variable) or 'svg:N' "
+                "(spatially variable), e.g. 'hvg:50'."
             )
-        return _hvg(slides, list(common), int(n), min_counts, min_frac)
+        candidates = _candidate_genes(slides, list(common), int(n), min_counts, min_frac)
+        if kind == "hvg":
+            return _hvg(slides, candidates, int(n))
+        return _svg(slides, candidates, int(n))
     genes = list(genes)
     if not genes:
         raise ValueError("The gene list is empty.")
@@ -149,24 +221,36 @@ def select_genes(
     if missing:
         shown = ", ".join(map(repr, missing[:20])) + (" ..." if len(missing) > 20 else "")
         raise KeyError(
-            f"{len(missing)} of the requested genes are not measured in every training slide: "
-            f"{shown}. Check the spelling and var_names of the spots table(s)."
+            f"{len(missing)} of the requested genes are not measured in every slide: "
+            f"{shown}. Check the spelling and the var_names of the spots table(s), or drop them."
         )
     if len(set(genes)) != len(genes):
         raise ValueError("The gene list has duplicates.")
     return genes
 
 
-def _hvg(slides, common, n, min_counts, min_frac) -> list[str]:
-    adatas = [s.spots[:, common] for s in slides]
-    joint = ad.concat(adatas, label="slide", index_unique="-")
+def _joint_counts(slides: list[SlideBags], genes: list[str]) -> ad.AnnData:
+    adatas = [ad.AnnData(X=s.spots[:, genes].X, var=pd.DataFrame(index=genes)) for s in slides]
+    return ad.concat(adatas, label="slide", index_unique="-")
+
+
+def _candidate_genes(slides, common, n, min_counts, min_frac) -> list[str]:
+    """The paper's gene filter: >= min_counts counts, detected in >= min_frac of the spots of
+    all slides together, no mitochondrial genes. Relaxed (any count) when fewer than n pass."""
+    joint = _joint_counts(slides, common)
     counts = np.asarray(joint.X.sum(0)).ravel()
     frac = np.asarray((joint.X > 0).mean(0)).ravel()
     mt = joint.var_names.str.upper().str.startswith("MT-")
     ok = (counts >= min_counts) & (frac >= min_frac) & ~mt
     if ok.sum() < n:
         ok = (counts > 0) & ~mt
-    joint = joint[:, ok].copy()
+    if not ok.any():
+        raise ValueError("No gene with any count in the training spots: check the spots table.")
+    return joint.var_names[ok].tolist()
+
+
+def _hvg(slides, candidates, n) -> list[str]:
+    joint = _joint_counts(slides, candidates)
     n = min(n, joint.n_vars)
     sc.pp.highly_variable_genes(
         joint,
@@ -177,3 +261,47 @@ def _hvg(slides, common, n, min_counts, min_frac) -> list[str]:
     rank = joint.var["highly_variable_rank"].to_numpy()
     order = np.argsort(np.where(np.isnan(rank), np.inf, rank), kind="stable")[:n]
     return sorted(joint.var_names[order].tolist())
+
+
+def morans_i(slides: list[SlideBags], genes: list[str], n_neighs: int = 6) -> pd.Series:
+    """Moran's I of each gene's log-normalised spot expression, averaged over the slides.
+
+    Computed by squidpy on each slide separately (``n_neighs`` nearest spots, so that spots of
+    different slides are never neighbours and a slide-wide shift of a gene is not mistaken for a
+    spatial pattern), then averaged with the slides' spot numbers as weights.
+    """
+    import squidpy as sq
+
+    total, weight = np.zeros(len(genes)), 0
+    for s in slides:
+        if s.spots.n_obs <= n_neighs:
+            continue
+        lib = np.asarray(s.spots.X.sum(1), dtype=np.float64).ravel()
+        X = s.spots[:, genes].X.multiply(1e4 / np.maximum(lib, 1)[:, None]).tocsr().log1p()
+        adata = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float64), var=pd.DataFrame(index=genes))
+        adata.obsm["spatial"] = s.spots.obs[["x_um", "y_um"]].to_numpy()
+        with _quiet("spatialdata._logging"):  # squidpy logs every graph it builds there
+            sq.gr.spatial_neighbors_knn(adata, n_neighs=n_neighs)
+        sq.gr.spatial_autocorr(adata, mode="moran", n_perms=None, n_jobs=1, show_progress_bar=False)
+        i = adata.uns["moranI"]["I"].reindex(genes).fillna(0.0).to_numpy()
+        total += s.spots.n_obs * i
+        weight += s.spots.n_obs
+    if weight == 0:
+        raise ValueError(f"svg selection needs slides with more than {n_neighs} spots.")
+    return pd.Series(total / weight, index=genes)
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _svg(slides, candidates, n) -> list[str]:
+    score = morans_i(slides, candidates)
+    return sorted(score.sort_values(ascending=False, kind="stable").index[:n].tolist())

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import shapely
 from spatialdata import SpatialData
 
-from .._sdata import add_element, apply_matrix, check_free, element_to_image_matrix, image_level0
+from .._sdata import (
+    add_element,
+    apply_matrix,
+    check_free,
+    element_to_image_matrix,
+    image_level0,
+    image_levels,
+)
 from .._sdata import image_key as resolve_image_key
 from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, SPATIAL_OBSM, UNS_KEY
 from ..io._scale import microns_per_pixel
-from ._crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops
+from ._crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops, slide_channel_stats
 from ._encoder import resolve_encoder
 from ._tables import cells_table, result_table
 
@@ -23,6 +31,7 @@ def embed(
     sdata: SpatialData,
     encoder="morphology",
     *,
+    weights: str | os.PathLike | None = None,
     cells_key: str = CELLS_KEY,
     image_key: str | None = None,
     key_added: str = EMBEDDING_KEY,
@@ -42,9 +51,21 @@ def embed(
     encoder
         ``"morphology"`` (default): weight-free handcrafted features of the nucleus shape,
         hematoxylin/eosin intensity and texture, the cytoplasm ring and the neighbourhood
-        (see :class:`scellst.tl.MorphologyEncoder`). Or an object with ``name``,
-        ``feature_names()`` and ``encode(batch)``, or a callable ``f(crops) -> (n, d)`` taking
-        ``(n, S, S, 3)`` uint8 RGB crops.
+        (see :class:`scellst.tl.MorphologyEncoder`). Or:
+
+        - a torchvision (or timm) model name such as ``"resnet50"``, with ImageNet weights
+          from a local file (``weights=``, or ``$SCELLST_WEIGHTS_DIR/<name>.pth``; never
+          downloaded), see :func:`scellst.tl.pretrained_encoder`;
+        - the folder of an encoder trained by :func:`scellst.tl.train_encoder`, or the
+          :class:`~scellst.tl.SSLEncoder` itself;
+        - a ``torch.nn.Module`` mapping ``(n, 3, 48, 48)`` normalised images to ``(n, d)``
+          (wrapped by :class:`scellst.tl.TorchEncoder` with its defaults), or a
+          :class:`~scellst.tl.TorchEncoder`;
+        - an object with ``name``, ``feature_names()`` and ``encode(batch)``
+          (:class:`~scellst.tl.Encoder`), or a callable ``f(crops) -> (n, d)`` taking
+          ``(n, S, S, 3)`` uint8 RGB crops.
+    weights
+        Local weights file of a pretrained model named by ``encoder``.
     cells_key
         The cell shapes (their table is ``f"{cells_key}_table"``).
     image_key
@@ -66,7 +87,10 @@ def embed(
     None
         Adds table ``sdata[key_added]`` (one row per cell, linked to ``cells_key``) with
         ``obsm["X_sst"]`` (cells × features), ``obs["crop_padded"]`` (crop reached the image border)
-        and ``uns["scellst"]["embedding"]`` (encoder, feature names, crop geometry).
+        and ``uns["scellst"]["embedding"]`` (encoder, feature names, crop geometry,
+        ``channel_stats``: per-channel ``mean``/``std`` of the slide's tissue pixels, RGB in
+        [0, 1], from a sample of the slide, and the encoder's
+        ``provenance`` when it has one: architecture, weights, normalisation).
 
     Examples
     --------
@@ -80,7 +104,7 @@ def embed(
         image_key = image_key if image_key in sdata.images else None
     image_key = resolve_image_key(sdata, image_key)
     mpp = microns_per_pixel(sdata, image_key)
-    enc = resolve_encoder(encoder)
+    enc = resolve_encoder(encoder, weights)
     crop_size_um = crop_size_um or getattr(enc, "crop_size_um", CROP_SIZE_UM)
     crop_mpp = crop_mpp or getattr(enc, "crop_mpp", CROP_MPP)
 
@@ -96,6 +120,8 @@ def embed(
     if hasattr(enc, "prepare"):
         enc.prepare(geometry, centroids * mpp, mpp)
 
+    # per-slide colour statistics of the tissue, for encoders that normalise with them
+    stats = slide_channel_stats(image_levels(sdata, image_key), points_xy=centroids)
     features: np.ndarray | None = None
     padded = np.zeros(cells.n_obs, bool)
     for batch in iter_crops(
@@ -105,6 +131,8 @@ def embed(
         exterior_coords(geometry),
         crop_size_um=crop_size_um,
         crop_mpp=crop_mpp,
+        masks=getattr(enc, "needs_masks", True),
+        channel_stats=stats,
         tile_size=tile_size,
         n_jobs=n_jobs,
         progress=progress,
@@ -123,7 +151,11 @@ def embed(
         "crop_mpp": crop_mpp,
         "cells_key": cells_key,
         "image_key": image_key,
+        "channel_stats": stats,
     }
+    provenance = getattr(enc, "provenance", None)
+    if provenance:
+        info["provenance"] = dict(provenance)
     table = result_table(
         cells,
         cells_key,

@@ -43,10 +43,14 @@ def predict(
     -------
     None
         Adds table ``sdata[key_added]``: cells × model genes, ``X`` = predicted
-        log-normalised expression (``log1p`` of counts per 10,000), ``layers["counts"]`` = expected
-        counts at the training median depth (count losses only), ``obs`` = the cells' ids, area and
-        spot assignment, ``obsm["spatial"]`` = centroids; linked to the cell shapes, ready for
-        ``scanpy.pp.neighbors`` and ``squidpy.gr.spatial_neighbors``.
+        log-normalised expression (``log1p`` of counts per 10,000: what a spot made only of cells
+        like this one would measure), ``layers["counts"]`` (count losses only) = expected counts
+        the cell contributes to a spot of the training slides' median depth and median number of
+        cells, ``obs`` = the cells' ids, area and spot assignment, ``obsm["spatial"]`` =
+        centroids, ``uns["scellst"]["prediction"]`` = units, and under ``"model"`` the training
+        settings, preprocessing, encoder reference, spots skipped per slide and the loss curves
+        (``"history"``); linked to the cell shapes, ready for ``scanpy.pp.neighbors`` and
+        ``squidpy.gr.spatial_neighbors``.
 
     Examples
     --------
@@ -80,12 +84,19 @@ def predict(
     uns = {
         UNS_KEY: {
             "prediction": {
-                "units": "log1p(counts per 10,000)",
+                "units": model.units,
+                "counts_units": (
+                    "expected counts of the cell in a spot of the training median depth "
+                    "and median number of cells"
+                    if "counts" in pred
+                    else ""
+                ),
                 "loss": model.config["loss"],
                 "aggregation": model.config["aggregation"],
                 "encoder": model.config["encoder"],
                 "embedding_key": embedding_key,
                 "cells_key": cells_key,
+                "model": model.summary(),
             }
         }
     }

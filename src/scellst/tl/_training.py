@@ -1,0 +1,351 @@
+"""Training of the MIL model on collected bags: tensors, losses, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..nn import aggregate, mse_loss, nb_nll, poisson_nll
+from ._model import MILModel, default_device
+from ._split import split_spots
+from ._spots import TARGET_SUM, SlideBags
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("mse", "nb", "poisson")
+SCALINGS = ("global", "slide", "none")
+#: With ``smoothing=None``, validation sets of fewer spots than this are monitored through an
+#: exponential moving average of weight AUTO_SMOOTHING (measured in BENCHMARKS.md).
+SMALL_VALIDATION = 20
+AUTO_SMOOTHING = 0.9
+
+
+def _check_options(loss, aggregation, split, smoothing, scale_targets) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if aggregation not in ("mean", "sum"):
+        raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
+    if split not in ("spatial", "random"):
+        raise ValueError(f"split must be 'spatial' or 'random', got {split!r}")
+    if smoothing is not None and not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing!r}")
+    _scaling(scale_targets)
+
+
+def _scaling(scale_targets: bool | str) -> str:
+    if scale_targets is True:
+        return "global"
+    if scale_targets is False:
+        return "none"
+    if scale_targets not in SCALINGS:
+        raise ValueError(
+            f"scale_targets must be True, False or one of {SCALINGS}, got {scale_targets!r}"
+        )
+    return scale_targets
+
+
+def _check_same_encoder(slides: list[SlideBags]) -> None:
+    dims = {s.features.shape[1] for s in slides}
+    encoders = {s.encoder for s in slides}
+    if len(dims) > 1 or len(encoders) > 1:
+        raise ValueError(
+            f"Slides were embedded differently (encoders {sorted(encoders)}, dims "
+            f"{sorted(dims)}); embed all of them with the same encoder."
+        )
+
+
+def fit_slides(
+    slides: list[SlideBags],
+    genes: list[str],
+    *,
+    val_slides: Sequence[SlideBags] = (),
+    loss: str = "mse",
+    aggregation: str = "mean",
+    hidden: Sequence[int] = (256, 256, 256),
+    dropout: float = 0.1,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 128,
+    max_epochs: int = 400,
+    patience: int = 20,
+    smoothing: float | None = None,
+    val_fraction: float = 0.2,
+    split: str = "spatial",
+    scale_targets: bool | str = True,
+    min_spot_counts: int = 20,
+    gene_selection: str = "list",
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+) -> MILModel:
+    """:func:`fit` on bags already collected (:func:`~scellst.tl._spots.slide_bags`)."""
+    _check_options(loss, aggregation, split, smoothing, scale_targets)
+    val_slides = list(val_slides)
+    _check_same_encoder(slides + val_slides)
+    rng = np.random.default_rng(seed)
+    dev = torch.device(device) if device is not None else default_device()
+    data = _Tensors.from_slides(slides, val_slides, genes, split, val_fraction, rng, dev)
+    scaling = _scaling(scale_targets) if loss == "mse" else "none"
+    config = {
+        "genes": list(genes),
+        "n_features": int(data.features.shape[1]),
+        "feature_names": slides[0].feature_names,
+        "encoder": slides[0].encoder,
+        "encoder_info": slides[0].encoder_info or {"encoder": slides[0].encoder},
+        "hidden": [int(h) for h in hidden],
+        "dropout": float(dropout),
+        "loss": loss,
+        "aggregation": aggregation,
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "batch_size": int(batch_size),
+        "max_epochs": int(max_epochs),
+        "patience": int(patience),
+        "smoothing": smoothing,
+        "validation": "slides" if val_slides else split,
+        "val_fraction": 0.0 if val_slides else float(val_fraction),
+        "split": split,
+        "seed": int(seed),
+        "scale_targets": scaling,
+        "min_spot_counts": int(min_spot_counts),
+        "gene_selection": gene_selection,
+        "preprocessing": {
+            "target": f"log1p(counts per {TARGET_SUM:,.0f} of the spot, all genes)",
+            "target_sum": TARGET_SUM,
+            "min_spot_counts": int(min_spot_counts),
+            "size_factor": "spot total / median total of the training spots",
+            "scale_targets": scaling,
+        },
+        "slides": [s.skipped() for s in slides],
+        "validation_slides": [s.skipped() for s in val_slides],
+        "n_slides": len(slides),
+        "n_val_slides": len(val_slides),
+    }
+    config["validation_spots"] = [
+        _plain_list(s.instance[data.val_of_slide(i)]) for i, s in enumerate(slides)
+    ]
+    return fit_tensors(data, config, progress=progress)
+
+
+def _plain_list(values: np.ndarray) -> list:
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILModel:
+    """Build and train a model on prepared tensors (also used by the benchmarks' oracle)."""
+    torch.manual_seed(config["seed"])
+    rng = np.random.default_rng(config["seed"])
+    train = data.train_spots.cpu().numpy()
+    n_cells = np.diff(data.offsets)
+    config["median_total_counts"] = float(np.median(data.total[data.train_spots].cpu().numpy()))
+    config["median_cells_per_spot"] = float(np.median(n_cells[train]))
+    config["n_train_spots"] = int(len(train))
+    config["n_val_spots"] = int(len(data.val_spots))
+    config["n_train_cells"] = int(n_cells[train].sum())
+    data.finish(config)
+    config["target_scale"] = data.prediction_scale.tolist()
+    model = MILModel.build(config)
+    train_cells = data.cells_of(train)[0]
+    x = data.features[train_cells]
+    model.module.set_input_scaling(x.mean(0).cpu(), x.std(0).cpu())
+    model.module.init_output(torch.as_tensor(_typical_output(data, config)))
+    model.to(data.device)
+    _train(model, data, config, rng, progress)
+    return model
+
+
+class _Tensors:
+    """Training data as flat tensors: all cells of all spots grouped by spot (one feature tensor
+    with per-spot offsets, no Python object per bag), spot targets, and the split."""
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        bag: np.ndarray,
+        counts: np.ndarray,
+        total: np.ndarray,
+        val: np.ndarray,
+        slide: np.ndarray,
+        device: torch.device,
+        logn: np.ndarray | None = None,
+    ):
+        n_spots = len(total)
+        order = np.argsort(bag, kind="stable")
+        self.device = device
+        self.features = torch.as_tensor(np.asarray(features, np.float32)[order], device=device)
+        sizes = np.bincount(bag, minlength=n_spots)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.counts = torch.as_tensor(np.asarray(counts, np.float32), device=device)
+        self.total = torch.as_tensor(np.asarray(total, np.float32), device=device)
+        if logn is None:
+            logn = np.log1p(
+                np.asarray(counts, np.float64) / np.maximum(total, 1)[:, None] * TARGET_SUM
+            )
+        self.logn = torch.as_tensor(np.asarray(logn, np.float32), device=device)
+        self.slide = np.asarray(slide)
+        self.val = np.asarray(val, bool)
+        self.train_spots = torch.as_tensor(np.flatnonzero(~self.val), device=device)
+        self.val_spots = torch.as_tensor(np.flatnonzero(self.val), device=device)
+        if len(self.train_spots) == 0:
+            raise ValueError(
+                "No training spots left after the validation split; lower val_fraction."
+            )
+        if (sizes == 0).any():
+            raise ValueError("Every spot needs at least one cell.")
+
+    @classmethod
+    def from_slides(cls, slides, val_slides, genes, split, val_fraction, rng, device) -> _Tensors:
+        feats, bags, counts, totals, val, slide = [], [], [], [], [], []
+        offset = 0
+        for i, s in enumerate(list(slides) + list(val_slides)):
+            counts.append(np.asarray(s.spots[:, genes].X.todense(), dtype=np.float32))
+            totals.append(np.asarray(s.spots.X.sum(1), dtype=np.float32).ravel())
+            feats.append(s.features)
+            bags.append(s.bag + offset)
+            offset += s.spots.n_obs
+            slide.append(np.full(s.spots.n_obs, i))
+            if i >= len(slides):
+                val.append(np.ones(s.spots.n_obs, bool))
+            elif val_slides:
+                val.append(np.zeros(s.spots.n_obs, bool))
+            else:
+                xy = s.spots.obs[["x_um", "y_um"]].to_numpy()
+                val.append(split_spots(xy, val_fraction, split, rng))
+        return cls(
+            np.concatenate(feats),
+            np.concatenate(bags),
+            np.concatenate(counts),
+            np.concatenate(totals),
+            np.concatenate(val),
+            np.concatenate(slide),
+            device,
+        )
+
+    def val_of_slide(self, i: int) -> np.ndarray:
+        """Validation mask of the spots of slide ``i`` (in that slide's spot order)."""
+        return self.val[self.slide == i]
+
+    def finish(self, config: dict) -> None:
+        """Scaled targets and size factors, once the training statistics are known."""
+        genes = self.logn.shape[1]
+        scale = np.ones((len(self.total), genes), np.float32)
+        logn = self.logn.cpu().numpy()
+        train = ~self.val
+        self.prediction_scale = np.ones(genes, np.float32)
+        if config["scale_targets"] == "global":
+            self.prediction_scale = _q95(logn[train])
+            scale[:] = self.prediction_scale
+        elif config["scale_targets"] == "slide":
+            per_train_slide = []
+            for s in np.unique(self.slide):
+                q = _q95(logn[self.slide == s])
+                scale[self.slide == s] = q
+                if train[self.slide == s].any():
+                    per_train_slide.append(q)
+            self.prediction_scale = np.mean(per_train_slide, axis=0).astype(np.float32)
+        self.target = self.logn / torch.as_tensor(scale, device=self.device)
+        self.size_factor = self.total / config["median_total_counts"]
+
+    def cells_of(self, spots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell rows and their bag index (0..len(spots)-1) for a set of spots."""
+        start, stop = self.offsets[spots], self.offsets[spots + 1]
+        lengths = stop - start
+        bag = np.repeat(np.arange(len(spots)), lengths)
+        rows = np.repeat(
+            start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths
+        ) + np.arange(lengths.sum())
+        return torch.as_tensor(rows, device=self.device), torch.as_tensor(bag, device=self.device)
+
+
+def _q95(logn: np.ndarray) -> np.ndarray:
+    q = np.quantile(logn, 0.95, axis=0)
+    return np.where(q > 1e-3, q, 1.0).astype(np.float32)
+
+
+def _typical_output(data: _Tensors, config: dict) -> np.ndarray:
+    """Per-gene starting output: the mean target, per cell."""
+    tr = data.train_spots
+    n_cells = config["median_cells_per_spot"] if config["aggregation"] == "sum" else 1.0
+    if config["loss"] == "mse":
+        return (data.target[tr].mean(0).cpu().numpy() / n_cells).astype(np.float32)
+    rate = (data.counts[tr] / data.size_factor[tr][:, None]).mean(0).cpu().numpy()
+    return (rate / max(n_cells, 1.0)).astype(np.float32)
+
+
+def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: dict) -> torch.Tensor:
+    rows, bag = data.cells_of(spots.cpu().numpy())
+    out = aggregate(model.module(data.features[rows]), bag, len(spots), config["aggregation"])
+    if config["loss"] == "mse":
+        return mse_loss(out, data.target[spots])
+    mu = out * data.size_factor[spots][:, None]
+    if config["loss"] == "nb":
+        return nb_nll(data.counts[spots], mu, model.log_theta)
+    return poisson_nll(data.counts[spots], mu)
+
+
+def _train(model: MILModel, data: _Tensors, config: dict, rng, progress: bool) -> None:
+    params = list(model.module.parameters())
+    if model.log_theta is not None:
+        params.append(model.log_theta)
+    opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    has_val = len(data.val_spots) > 0
+    alpha = config["smoothing"]
+    if alpha is None:  # few validation spots give a noisy loss: follow its trend instead
+        alpha = AUTO_SMOOTHING if 0 < len(data.val_spots) < SMALL_VALIDATION else 0.0
+        config["smoothing"] = alpha
+    best, best_state, since_best, smoothed = np.inf, None, 0, None
+    bar = tqdm(range(config["max_epochs"]), desc="fit", disable=not progress, unit="epoch")
+    for epoch in bar:
+        model.module.train()
+        order = data.train_spots[
+            torch.as_tensor(rng.permutation(len(data.train_spots)), device=data.device)
+        ]
+        total, n = 0.0, 0
+        for start in range(0, len(order), config["batch_size"]):
+            spots = order[start : start + config["batch_size"]]
+            loss = _batch_loss(model, data, spots, config)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(spots)
+            n += len(spots)
+        model.history["train_loss"].append(total / n)
+        value = model.history["train_loss"][-1]
+        if has_val:
+            model.module.eval()
+            with torch.no_grad():
+                value = float(_batch_loss(model, data, data.val_spots, config))
+            model.history["val_loss"].append(value)
+        smoothed = value if smoothed is None else alpha * smoothed + (1 - alpha) * value
+        bar.set_postfix(train=f"{model.history['train_loss'][-1]:.4f}", val=f"{value:.4f}")
+        if smoothed < best - 1e-6:
+            best, since_best = smoothed, 0
+            best_state = (
+                copy.deepcopy(model.module.state_dict()),
+                (None if model.log_theta is None else model.log_theta.detach().clone()),
+            )
+            config["best_epoch"] = epoch
+        else:
+            since_best += 1
+            if since_best >= config["patience"]:
+                break
+    bar.close()
+    if best_state is not None:
+        model.module.load_state_dict(best_state[0])
+        if best_state[1] is not None:
+            model.log_theta = best_state[1].requires_grad_(True)
+    config["best_loss"] = float(best)
+    config["epochs_run"] = len(model.history["train_loss"])
+    model.module.eval()
+    log.info(
+        "fit: %d epochs, best %s loss %.4f at epoch %d",
+        config["epochs_run"],
+        "val" if has_val else "train",
+        best,
+        config.get("best_epoch", -1),
+    )
