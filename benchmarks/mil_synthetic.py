@@ -13,20 +13,24 @@ averaged over the marker genes and over all genes. In the same run:
 - ``shuffled``: MIL after randomly re-assigning the training cells to spots (bag sizes kept):
   no signal should survive (reported over ``--shuffles`` permutations).
 
-The spot diameter (``--diameters``) sets the number of cells per spot; the loss is ``--losses``.
+The spot diameter (``--diameters``) sets the number of cells per spot; the loss is ``--losses``;
+with MSE, the cells of a spot are pooled as log values (sCellST) or as expression
+(``--spaces log linear``, ``sst.tl.fit(aggregation_space=...)``). ``--seeds`` repeats the whole
+comparison on other pairs of slides (training seed s, test seed s + 100).
 
-Usage: python benchmarks/mil_synthetic.py [--size 3072] [--test-size 2048] [--seed 0]
-       [--diameters 30 55 90] [--losses mse nb] [--shuffles 3] [--encoder morphology]
-       [--json out.json]
+Usage: python benchmarks/mil_synthetic.py [--size 4096] [--test-size 2048] [--seeds 0 1 2]
+       [--diameters 30 55 90] [--losses mse nb] [--spaces log linear] [--shuffles 3]
+       [--encoder morphology] [--torch-threads 1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 import scellst as sst
@@ -102,12 +106,12 @@ def oracle(train, mil_model, seed: int):
     return fit_tensors(data, config), n
 
 
-def shuffled_fit(train, seed: int, **kw):
+def shuffled_fit(train, permutation_seed: int, **kw):
     obs = train["sst_cells_table"].obs
     original = obs["spot"].to_numpy().copy()
     inside = original >= 0
     permuted = original.copy()
-    permuted[inside] = np.random.default_rng(seed).permutation(original[inside])
+    permuted[inside] = np.random.default_rng(permutation_seed).permutation(original[inside])
     obs["spot"] = permuted
     try:
         return sst.tl.fit(train, **kw)
@@ -115,79 +119,106 @@ def shuffled_fit(train, seed: int, **kw):
         obs["spot"] = original
 
 
+def run_seed(args, seed: int, results: list) -> None:
+    t0 = time.perf_counter()
+    base_train = embedded_slide(args.size, seed, args.encoder, args.weights)
+    base_test = embedded_slide(args.test_size, seed + 100, args.encoder, args.weights)
+    print(f"seed {seed}: slides segmented and embedded in {time.perf_counter() - t0:.0f} s")
+    print(
+        "seed diam cells/spot spots loss  space   method      markers   all  spot-mark spot-all"
+        "  epochs   s",
+        flush=True,
+    )
+    for diameter in args.diameters:
+        train = with_spots(base_train, args.size, seed, diameter)
+        test = with_spots(base_test, args.test_size, seed + 100, diameter)
+        genes = list(train["truth_expression"].var_names)
+        oracle_markers = None
+        for loss in args.losses:
+            for space in args.spaces if loss == "mse" else ["linear"]:
+                kw = dict(genes=genes, loss=loss, progress=False, seed=0)
+                if loss == "mse":
+                    kw["aggregation_space"] = space
+                rows = []
+                t = time.perf_counter()
+                mil = sst.tl.fit(train, **kw)
+                rows.append(("mil", cell_scores(test, mil), mil, time.perf_counter() - t))
+                if oracle_markers is None:
+                    t = time.perf_counter()
+                    orc, _ = oracle(train, mil, seed=0)
+                    rows.append(("oracle", cell_scores(test, orc), orc, time.perf_counter() - t))
+                    oracle_markers = rows[-1][1]["markers"]
+                for k in range(args.shuffles):
+                    t = time.perf_counter()
+                    sh = shuffled_fit(train, k, **kw)
+                    rows.append(
+                        (f"shuffled{k}", cell_scores(test, sh), sh, time.perf_counter() - t)
+                    )
+                c = mil.config
+                for name, sc, model, seconds in rows:
+                    print(
+                        f"{seed:4d} {diameter:4.0f} {c['median_cells_per_spot']:10.1f} "
+                        f"{c['n_train_spots'] + c['n_val_spots']:5d} {loss:5s} "
+                        f"{space if name != 'oracle' else '-':7s} {name:10s} {sc['markers']:+.3f}  "
+                        f"{sc['all']:+.3f}   {sc['spot_markers']:+.3f}   {sc['spot_all']:+.3f}  "
+                        f"{model.config['epochs_run']:6d} {seconds:4.0f}",
+                        flush=True,
+                    )
+                    results.append(
+                        {
+                            "seed": seed,
+                            "diameter_um": diameter,
+                            "median_cells_per_spot": c["median_cells_per_spot"],
+                            "n_spots": c["n_train_spots"] + c["n_val_spots"],
+                            "loss": loss,
+                            "space": space if name != "oracle" else "",
+                            "method": name,
+                            **sc,
+                            "epochs": model.config["epochs_run"],
+                            "seconds": seconds,
+                        }
+                    )
+                sh = [sc["markers"] for name, sc, _, _ in rows if name.startswith("shuffled")]
+                print(
+                    f"     MIL / oracle on markers {rows[0][1]['markers'] / oracle_markers:.3f}; "
+                    f"shuffled markers mean {np.mean(sh) if sh else float('nan'):+.3f} "
+                    f"(sd {np.std(sh) if sh else float('nan'):.3f})",
+                    flush=True,
+                )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--size", type=int, default=3072, help="training slide side (px)")
+    p.add_argument("--size", type=int, default=4096, help="training slide side (px)")
     p.add_argument("--test-size", type=int, default=2048, help="test slide side (px)")
-    p.add_argument("--seed", type=int, default=0, help="training slide seed (test: seed + 100)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training slide seeds")
     p.add_argument("--diameters", type=float, nargs="+", default=[55.0])
     p.add_argument("--losses", nargs="+", default=["mse", "nb"])
+    p.add_argument("--spaces", nargs="+", default=["log", "linear"], help="MSE pooling")
     p.add_argument("--shuffles", type=int, default=3)
     p.add_argument("--encoder", default="morphology", help="passed to sst.tl.embed")
     p.add_argument("--weights", default=None, help="weights file for a torch encoder")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}", flush=True)
     t0 = time.perf_counter()
-    base_train = embedded_slide(args.size, args.seed, args.encoder, args.weights)
-    base_test = embedded_slide(args.test_size, args.seed + 100, args.encoder, args.weights)
-    print(f"slides segmented and embedded in {time.perf_counter() - t0:.0f} s", flush=True)
-    results = []
-    header = (
-        "diam  cells/spot spots loss  method        markers  all    spot-markers spot-all"
-        "  epochs  s"
-    )
-    print(header, flush=True)
-    for diameter in args.diameters:
-        train = with_spots(base_train, args.size, args.seed, diameter)
-        test = with_spots(base_test, args.test_size, args.seed + 100, diameter)
-        genes = list(train["truth_expression"].var_names)
-        for loss in args.losses:
-            rows = []
-            t = time.perf_counter()
-            mil = sst.tl.fit(train, genes=genes, loss=loss, progress=False, seed=0)
-            rows.append(("mil", cell_scores(test, mil), mil, time.perf_counter() - t))
-            if loss == args.losses[0]:
-                t = time.perf_counter()
-                orc, _ = oracle(train, mil, seed=0)
-                rows.append(("oracle", cell_scores(test, orc), orc, time.perf_counter() - t))
-            for k in range(args.shuffles):
-                t = time.perf_counter()
-                sh = shuffled_fit(train, seed=k, genes=genes, loss=loss, progress=False)
-                rows.append((f"shuffled{k}", cell_scores(test, sh), sh, time.perf_counter() - t))
-            for name, s, model, seconds in rows:
-                c = mil.config
-                print(
-                    f"{diameter:4.0f}  {c['median_cells_per_spot']:10.1f} {c['n_train_spots'] + c['n_val_spots']:5d}"
-                    f" {loss:5s} {name:12s}  {s['markers']:+.3f}   {s['all']:+.3f}  {s['spot_markers']:+.3f}"
-                    f"       {s['spot_all']:+.3f}    {model.config['epochs_run']:4d}  {seconds:4.0f}",
-                    flush=True,
-                )
-                results.append(
-                    {
-                        "diameter_um": diameter,
-                        "median_cells_per_spot": c["median_cells_per_spot"],
-                        "n_spots": c["n_train_spots"] + c["n_val_spots"],
-                        "loss": loss,
-                        "method": name,
-                        **s,
-                        "epochs": model.config["epochs_run"],
-                        "seconds": seconds,
-                    }
-                )
-            mil_m = rows[0][1]["markers"]
-            sh = [s["markers"] for name, s, _, _ in rows if name.startswith("shuffled")]
-            if sh:
-                print(f"      shuffled markers: mean {np.mean(sh):+.3f}, sd {np.std(sh):.3f}")
-            orc_rows = [
-                r for r in results if r["method"] == "oracle" and r["diameter_um"] == diameter
-            ]
-            if orc_rows:
-                print(f"      MIL / oracle on markers: {mil_m / orc_rows[-1]['markers']:.3f}")
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    results: list[dict] = []
+    for seed in args.seeds:
+        run_seed(args, seed, results)
+    table = pd.DataFrame(results)
+    table["method"] = table["method"].str.replace(r"shuffled\d+", "shuffled", regex=True)
+    summary = table.groupby(["diameter_um", "loss", "space", "method"])[
+        ["median_cells_per_spot", "markers", "all", "spot_markers", "spot_all"]
+    ].agg(["mean", "std"])
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", None)
+    print(summary.round(3))
+    print(f"total {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        table.to_json(args.json, orient="records", indent=1)
 
 
 if __name__ == "__main__":

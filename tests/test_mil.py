@@ -83,6 +83,15 @@ def test_evaluate_perfect_and_shuffled_spot_predictions(fitted):
         shuffled = sst.tl.evaluate(sdata, table_key="test_perfect")
         assert abs(shuffled.attrs["mean_pearson"]) < 0.1
         assert shuffled["pearson"].abs().max() < 0.45
+        table.X = np.broadcast_to(measured.mean(0), table.shape).astype(np.float32)
+        constant = sst.tl.evaluate(sdata, table_key="test_perfect")
+        assert constant["pearson"].isna().all()  # undefined for a constant prediction, not 0
+        assert (constant["mse"] > 0).all()
+        # the validation spots of the training slide, as recorded by fit
+        held = sst.tl.evaluate(sdata, model, spots=model.config["validation_spots"][0])
+        assert held.attrs["n_spots"] == model.config["n_val_spots"] > 0
+        with pytest.raises(KeyError, match="not scored"):
+            sst.tl.evaluate(sdata, model, spots=[10**9])
     finally:
         del sdata.tables["test_perfect"]
 

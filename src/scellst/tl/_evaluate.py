@@ -202,9 +202,11 @@ def _spot_predictions_from_table(table: ad.AnnData, info: dict, bags: SlideBags)
         np.add.at(out, bags.bag, values)
         return out / count[:, None] if m["aggregation"] == "mean" else out
 
+    per_spot = n_med if m["aggregation"] == "sum" else 1.0
     if m["loss"] == "mse":
         X = np.asarray(table.X[rows], np.float64)
-        per_spot = n_med if m["aggregation"] == "sum" else 1.0
+        if m.get("aggregation_space", "log") == "linear":
+            return np.log1p(agg(np.expm1(X) / per_spot))
         return agg(X) / per_spot
     counts = np.asarray(table.layers["counts"][rows], np.float64)
     rate = agg(counts) * (n_med if m["aggregation"] == "mean" else 1.0)
@@ -352,12 +354,22 @@ def match_truth_cells(
 
 
 def pearson_per_gene(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each column of ``a`` with the same column of ``b``."""
-    a = np.asarray(a, dtype=np.float64) - np.mean(a, 0)
-    b = np.asarray(b, dtype=np.float64) - np.mean(b, 0)
+    """Pearson correlation of each column of ``a`` with the same column of ``b`` (NaN where
+    either column is constant, up to rounding)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) == 0:
+        return np.full(a.shape[1], np.nan)
+    constant = _constant(a) | _constant(b)
+    a = a - np.mean(a, 0)
+    b = b - np.mean(b, 0)
     denom = np.sqrt((a * a).sum(0) * (b * b).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
+        return np.where((denom > 0) & ~constant, (a * b).sum(0) / denom, np.nan)
+
+
+def _constant(x: np.ndarray) -> np.ndarray:
+    """Columns whose spread is at the level of floating-point rounding."""
+    return np.ptp(x, 0) <= 1e-9 * np.abs(x).max(0)
 
 
 def score_against_truth(sdata: SpatialData, table_key: str = EXPRESSION_KEY) -> dict:

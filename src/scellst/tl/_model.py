@@ -69,7 +69,8 @@ class MILModel:
         c = self.config
         return (
             f"MILModel(genes={len(c['genes'])}, features={c['n_features']} [{c['encoder']}], "
-            f"loss={c['loss']!r}, aggregation={c['aggregation']!r}, "
+            f"loss={c['loss']!r}, aggregation={c['aggregation']!r} "
+            f"({c.get('aggregation_space', 'log')}), "
             f"epochs={len(self.history['train_loss'])})"
         )
 
@@ -118,8 +119,12 @@ class MILModel:
         n_med = float(c.get("median_cells_per_spot", 1.0))
         per_spot = n_med if c["aggregation"] == "sum" else 1.0
         if c["loss"] == "mse":
-            scale = np.asarray(c["target_scale"], np.float32)
-            return {"log_normalized": (raw * scale * per_spot).astype(np.float32)}
+            log_cell = raw * np.asarray(c["target_scale"], np.float32)
+            if c.get("aggregation_space", "log") == "linear":
+                return {
+                    "log_normalized": np.log1p(np.expm1(log_cell) * per_spot).astype(np.float32)
+                }
+            return {"log_normalized": (log_cell * per_spot).astype(np.float32)}
         depth = float(c["median_total_counts"])
         log_normalized = np.log1p(raw * (per_spot * 1e4 / depth)).astype(np.float32)
         counts = raw if c["aggregation"] == "sum" else raw / n_med
@@ -135,6 +140,11 @@ class MILModel:
         from ..nn import aggregate
 
         raw = torch.as_tensor(self.cell_outputs(self._check_features(features)))
+        scale = torch.as_tensor(np.asarray(self.config["target_scale"], np.float32))
+        if self.config["loss"] == "mse" and self.config.get("aggregation_space") == "linear":
+            bag = torch.as_tensor(np.asarray(bag, np.int64))
+            pooled = aggregate(torch.expm1(raw * scale), bag, n_spots, self.config["aggregation"])
+            return torch.log1p(pooled).numpy().astype(np.float32)
         agg = aggregate(
             raw, torch.as_tensor(np.asarray(bag, np.int64)), n_spots, self.config["aggregation"]
         )
@@ -149,7 +159,7 @@ class MILModel:
         that AnnData can store in ``uns`` (no ragged lists, no ``None``)."""
         c = self.config
         keys = (
-            "loss", "aggregation", "encoder", "gene_selection", "scale_targets", "validation",
+            "loss", "aggregation", "aggregation_space", "encoder", "gene_selection", "scale_targets", "validation",
             "lr", "batch_size", "max_epochs", "patience", "smoothing", "seed",
             "epochs_run", "best_epoch", "best_loss", "n_train_spots", "n_val_spots",
             "n_train_cells", "median_total_counts", "median_cells_per_spot", "n_slides",

@@ -25,11 +25,13 @@ SMALL_VALIDATION = 20
 AUTO_SMOOTHING = 0.9
 
 
-def _check_options(loss, aggregation, split, smoothing, scale_targets) -> None:
+def _check_options(loss, aggregation, split, smoothing, scale_targets, space="log") -> None:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if aggregation not in ("mean", "sum"):
         raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
+    if space not in ("log", "linear"):
+        raise ValueError(f"aggregation_space must be 'log' or 'linear', got {space!r}")
     if split not in ("spatial", "random"):
         raise ValueError(f"split must be 'spatial' or 'random', got {split!r}")
     if smoothing is not None and not 0 <= smoothing < 1:
@@ -66,6 +68,7 @@ def fit_slides(
     val_slides: Sequence[SlideBags] = (),
     loss: str = "mse",
     aggregation: str = "mean",
+    aggregation_space: str = "linear",
     hidden: Sequence[int] = (256, 256, 256),
     dropout: float = 0.1,
     lr: float = 1e-3,
@@ -84,7 +87,7 @@ def fit_slides(
     progress: bool = False,
 ) -> MILModel:
     """:func:`fit` on bags already collected (:func:`~scellst.tl._spots.slide_bags`)."""
-    _check_options(loss, aggregation, split, smoothing, scale_targets)
+    _check_options(loss, aggregation, split, smoothing, scale_targets, aggregation_space)
     val_slides = list(val_slides)
     _check_same_encoder(slides + val_slides)
     rng = np.random.default_rng(seed)
@@ -101,6 +104,8 @@ def fit_slides(
         "dropout": float(dropout),
         "loss": loss,
         "aggregation": aggregation,
+        # count losses always aggregate rates (linear); the choice is MSE's
+        "aggregation_space": aggregation_space if loss == "mse" else "linear",
         "lr": float(lr),
         "weight_decay": float(weight_decay),
         "batch_size": int(batch_size),
@@ -248,7 +253,8 @@ class _Tensors:
                 if train[self.slide == s].any():
                     per_train_slide.append(q)
             self.prediction_scale = np.mean(per_train_slide, axis=0).astype(np.float32)
-        self.target = self.logn / torch.as_tensor(scale, device=self.device)
+        self.scale = torch.as_tensor(scale, device=self.device)
+        self.target = self.logn / self.scale
         self.size_factor = self.total / config["median_total_counts"]
 
     def cells_of(self, spots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,14 +278,25 @@ def _typical_output(data: _Tensors, config: dict) -> np.ndarray:
     tr = data.train_spots
     n_cells = config["median_cells_per_spot"] if config["aggregation"] == "sum" else 1.0
     if config["loss"] == "mse":
-        return (data.target[tr].mean(0).cpu().numpy() / n_cells).astype(np.float32)
+        target = data.target[tr].mean(0).cpu().numpy()
+        if config.get("aggregation_space") == "linear":  # each cell 1/n of the spot's expression
+            scale = data.prediction_scale
+            return (np.log1p(np.expm1(target * scale) / n_cells) / scale).astype(np.float32)
+        return (target / n_cells).astype(np.float32)
     rate = (data.counts[tr] / data.size_factor[tr][:, None]).mean(0).cpu().numpy()
     return (rate / max(n_cells, 1.0)).astype(np.float32)
 
 
 def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: dict) -> torch.Tensor:
     rows, bag = data.cells_of(spots.cpu().numpy())
-    out = aggregate(model.module(data.features[rows]), bag, len(spots), config["aggregation"])
+    cells = model.module(data.features[rows])
+    if config["loss"] == "mse" and config.get("aggregation_space") == "linear":
+        # the spot's expression is its cells' expression pooled: log1p(mean(expm1(log cells)))
+        scale = data.scale[spots]
+        expression = torch.expm1((cells * scale[bag]).clamp(max=30.0))  # no float overflow
+        pooled = aggregate(expression, bag, len(spots), config["aggregation"])
+        return mse_loss(torch.log1p(pooled) / scale, data.target[spots])
+    out = aggregate(cells, bag, len(spots), config["aggregation"])
     if config["loss"] == "mse":
         return mse_loss(out, data.target[spots])
     mu = out * data.size_factor[spots][:, None]

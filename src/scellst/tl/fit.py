@@ -18,6 +18,7 @@ def fit(
     *,
     loss: str = "mse",
     aggregation: str = "mean",
+    aggregation_space: str = "linear",
     validation: SpatialData | Sequence[SpatialData] | None = None,
     embedding_key: str = EMBEDDING_KEY,
     cells_key: str = CELLS_KEY,
@@ -70,6 +71,12 @@ def fit(
         per-gene dispersion; ``"poisson"``: Poisson likelihood of raw counts, same mean.
     aggregation
         ``"mean"`` (sCellST) or ``"sum"`` of the cell outputs of a spot.
+    aggregation_space
+        With ``loss="mse"``, where the cells of a spot are pooled: ``"linear"`` (default)
+        averages their expression, ``log1p(mean(expm1(cell outputs)))``, as the spot itself
+        pools its cells' transcripts; ``"log"`` (sCellST) averages the cells' log-normalised
+        outputs. On synthetic slides, ``"linear"`` recovers marker genes per cell better
+        (BENCHMARKS.md). Count losses always pool expected counts (linear).
     validation
         Held-out slide(s) for validation and early stopping. When given, every spot of the
         training slides is used for training and ``split``/``val_fraction`` are ignored.
@@ -118,7 +125,7 @@ def fit(
     >>> model = sst.tl.fit([c2, c3, c4], genes="svg:100", loss="nb", validation=c5)
     >>> model.save("model_dir")
     """
-    _check_options(loss, aggregation, split, smoothing, scale_targets)
+    _check_options(loss, aggregation, split, smoothing, scale_targets, aggregation_space)
     sdatas = _as_list(sdata, "sdata")
     if not sdatas:
         raise ValueError("No SpatialData given to fit.")
@@ -151,6 +158,7 @@ def fit(
         val_slides=val_slides,
         loss=loss,
         aggregation=aggregation,
+        aggregation_space=aggregation_space,
         hidden=hidden,
         dropout=dropout,
         lr=lr,
