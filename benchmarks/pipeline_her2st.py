@@ -26,6 +26,8 @@ def main() -> None:
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     p.add_argument("--genes", default="hvg:50")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--n-jobs", type=int, default=None, help="segmentation worker threads")
+    p.add_argument("--segment-only", action="store_true", help="stop after segmentation")
     args = p.parse_args()
     root = args.shared / "data" / "her2st"
     if not root.is_dir():
@@ -38,8 +40,12 @@ def main() -> None:
         sdata = sst.io.read_hest(root, args.sample)
     h, w = sdata["he"]["scale0"]["image"].shape[1:]
     with measure(r, "segment"):
-        sst.pp.segment(sdata, progress=False)
+        sst.pp.segment(sdata, progress=False, n_jobs=args.n_jobs)
     n = sdata["sst_cells_table"].n_obs
+    if args.segment_only:
+        s = r["segment"]["seconds"]
+        print(f"{n} nuclei; {w * h / 1e6 / s:.1f} Mpx/s, {n / s:.0f} cells/s (wall)")
+        return
     with measure(r, "assign_cells"):
         sst.pp.assign_cells(sdata)
     with measure(r, "embed"):

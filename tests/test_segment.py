@@ -196,6 +196,18 @@ def test_interrupted_run_resumes_from_checkpoint(synthetic_small, tmp_path):
         )
 
 
+def test_checkpoint_of_an_older_tile_format_is_refused(synthetic_small, tmp_path):
+    import json
+
+    sdata = _image_only(synthetic_small)
+    ckpt = tmp_path / "ckpt"
+    sst.pp.segment(sdata, tile_size=256, progress=False, n_jobs=1, checkpoint=ckpt)
+    meta = json.loads((ckpt / "run.json").read_text())
+    (ckpt / "run.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match="format"):
+        sst.pp.segment(sdata, tile_size=256, progress=False, checkpoint=ckpt, key_added="again")
+
+
 def test_tiles_run_on_a_dask_distributed_cluster(synthetic_small):
     from distributed import Client, LocalCluster
 

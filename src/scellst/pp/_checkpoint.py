@@ -12,6 +12,9 @@ import shapely
 from ._tiles import Tile
 
 _META = "run.json"
+#: Version of the tile files' contents: bumped when a tile records other measurements, so a
+#: directory from an older version is refused instead of mixing tiles that differ.
+FORMAT = 2
 
 
 class TileCheckpoint:
@@ -25,7 +28,7 @@ class TileCheckpoint:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         meta = self.path / _META
-        settings = json.loads(json.dumps(settings, default=str))
+        settings = json.loads(json.dumps({**settings, "format": FORMAT}, default=str))
         if meta.exists():
             previous = json.loads(meta.read_text())
             if previous != settings:

@@ -147,7 +147,7 @@ def segment(
             "H&E. Check the image and its scale (sst.io.microns_per_pixel), or lower the "
             "thresholds through `params` (e.g. {'tissue_od': 0.05})."
         )
-    if "centroid_x" in obs_extra:  # from the tiles: no need for a Point per nucleus here
+    if "centroid_x" in obs_extra:  # segmented tiles measured them: no Point per nucleus here
         centroids = np.column_stack([obs_extra.pop("centroid_x"), obs_extra.pop("centroid_y")])
     else:
         centroids = shapely.get_coordinates(shapely.centroid(geometry))
@@ -245,9 +245,7 @@ def _segment_image(
             progress=progress,
         )
     )
-    # keys every tile has (tiles of an older checkpoint may lack newer measurements)
-    keys = [k for k in parts[0] if all(k in p for p in parts)]
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     geometry = merged.pop("geometry")
     return geometry, {k.removeprefix("obs_"): v for k, v in merged.items()}, info
 
