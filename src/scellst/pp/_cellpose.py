@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stains import total_od
+from ._stains import TISSUE_OD, total_od
 
 #: Environment variable naming cellpose's model folder (read by cellpose itself too).
 MODELS_ENV = "CELLPOSE_LOCAL_MODELS_PATH"
@@ -190,7 +190,7 @@ class CellposeSegmenter:
         batch_size: int | None = None,
         device: str | None = None,
         use_bfloat16: bool | None = None,
-        tissue_od: float | None = 0.15,
+        tissue_od: float | None = TISSUE_OD,
         **eval_kwargs: Any,
     ):
         # first, before importing cellpose (torch): fail fast on missing weights

@@ -11,6 +11,9 @@ _OD_LUT = (-np.log10((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(n
 HED = hed_from_rgb.astype(np.float32)
 _OD_LUT3 = np.repeat(_OD_LUT[:, None], 3, axis=1).reshape(1, 256, 3)
 _ONES = np.ones(3, np.float32)
+#: Summed optical density (log10, three channels) above which a pixel counts as tissue; white
+#: glass is ~0.05. One value for segmentation, cellpose's tile filter and colour statistics.
+TISSUE_OD = 0.15
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:

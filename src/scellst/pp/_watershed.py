@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from ._stains import hematoxylin, total_od
+from ._stains import TISSUE_OD, hematoxylin, total_od
 
 
 @dataclass
@@ -34,7 +34,7 @@ class WatershedParams:
     #: Largest nucleus area kept (also sets the tile overlap).
     max_area_um2: float = 400.0
     #: Tissue = smoothed total optical density above this (white glass/background is ~0.05).
-    tissue_od: float = 0.15
+    tissue_od: float = TISSUE_OD
     #: Smoothing of the optical density for the tissue mask.
     tissue_smooth_um: float = 5.0
     #: Threshold on the hematoxylin top-hat; estimated once per slide when None.

@@ -31,6 +31,7 @@ import shapely
 import xarray as xr
 
 from .._sdata import to_rgb_uint8
+from ..pp._stains import TISSUE_OD, total_od
 from ..pp._tiles import map_tiles, tile_grid
 
 #: Paper geometry: 18 µm crops resampled to 0.25 µm/px (72 px).
@@ -40,8 +41,6 @@ CROP_MPP = 0.25
 _CHUNK = 128
 #: Storage chunks larger than this (pixels) are read in part and never cached.
 _CACHE_MAX_PIXELS = 4096 * 4096
-#: Summed optical density (log10, three channels) above which a pixel counts as tissue.
-TISSUE_OD = 0.15
 
 
 @dataclass
@@ -491,17 +490,13 @@ def slide_channel_stats(
 class _ColourHistograms:
     """Per-channel histograms of tissue pixels (and of all pixels, the fallback)."""
 
-    _OD = np.repeat(-np.log10((np.arange(256) + 1.0) / 256.0), 3).reshape(1, 256, 3)
-    _OD = _OD.astype(np.float32)
-
     def __init__(self, tissue_od: float):
         self.tissue_od = tissue_od
         self.counts = np.zeros((2, 3, 256))  # [tissue, all] x RGB x grey level
 
     def add(self, rgb: np.ndarray) -> None:
         rgb = np.ascontiguousarray(rgb)
-        od = cv2.transform(cv2.LUT(rgb, self._OD), np.ones((1, 3)))
-        tissue = (od > self.tissue_od).astype(np.uint8)
+        tissue = (total_od(rgb) > self.tissue_od).astype(np.uint8)
         for c in range(3):
             for row, mask in ((0, tissue), (1, None)):
                 hist = cv2.calcHist([rgb], [c], mask, [256], [0, 256])
