@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"])
     p.add_argument("--cells", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--method", default="moco")
+    p.add_argument("--method", default="moco", choices=["moco", "byol"])
     p.add_argument("--out", type=Path, default=Path("/tmp/her2st_moco"))
     args = p.parse_args()
     root = args.shared / "data" / "her2st"
@@ -50,7 +50,7 @@ def main() -> None:
         progress=False,
     )  # fmt: skip
     print(
-        f"train_encoder {args.method}: {args.cells} cells x {args.epochs} epochs in "
+        f"train_encoder {args.method}: {enc.config['n_cells']} cells x {args.epochs} epochs in "
         f"{time.perf_counter() - t:.0f} s wall, {cpu() - c:.0f} s CPU; saved to {args.out}"
     )
     n = len(slides[0]["sst_cells"])

@@ -182,6 +182,24 @@ def test_byol_and_errors(segmented):
         sst.tl.train_encoder(segmented, arch="resnet9000", max_cells=16, progress=False)
 
 
+def test_image_only_encoders_skip_the_masks(segmented, monkeypatch):
+    """Training crops and pixel-only encoders never rasterise the nucleus polygons."""
+    import scellst.tl._crops as crops_module
+
+    def no_masks(*args, **kwargs):
+        raise AssertionError("nucleus masks were rasterised")
+
+    monkeypatch.setattr(crops_module, "_rasterise", no_masks)
+    enc = sst.tl.train_encoder(
+        segmented, arch="resnet_tiny", epochs=1, max_cells=32, batch_size=16, progress=False
+    )
+    sdata = _few_cells(segmented, 10)
+    sst.tl.embed(sdata, encoder=enc, key_added="t", progress=False)
+    sst.tl.embed(sdata, encoder=lambda c: c.mean((1, 2)), key_added="c", progress=False)
+    assert sdata["t"].obsm["X_sst"].shape == (10, 128)
+    assert sdata["c"].obsm["X_sst"].shape == (10, 3)
+
+
 def test_import_scellst_does_not_import_torch():
     code = "import sys, scellst; sst = scellst; sst.tl.embed; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
-from .constants import check_key
+from .constants import UNS_KEY, check_key
 
 
 def image_key(sdata: SpatialData, key: str | None = None) -> str:
@@ -35,6 +36,15 @@ def image_key(sdata: SpatialData, key: str | None = None) -> str:
             return full[0]
         raise ValueError(f"Several images {images}: pass `image_key` to choose the H&E slide.")
     return images[0]
+
+
+def cells_image_key(sdata: SpatialData, cells: AnnData, key: str | None = None) -> str:
+    """The image to read for these cells: ``key``, else the one they were segmented on
+    (recorded by :func:`scellst.pp.segment`), else the only image of ``sdata``."""
+    if key is None:
+        key = cells.uns.get(UNS_KEY, {}).get("segmentation", {}).get("image_key")
+        key = key if key in sdata.images else None
+    return image_key(sdata, key)
 
 
 def image_level0(sdata: SpatialData, key: str) -> xr.DataArray:

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
 
-# Ruifrok & Johnston (2001) stain vectors (hematoxylin, eosin, DAB), as in scikit-image.
-_RGB_FROM_HED = np.asarray(rgb_from_hed, dtype=np.float64)
-_HED_FROM_RGB = np.asarray(hed_from_rgb, dtype=np.float64)
+from ..pp._stains import HED
+
+# The Ruifrok & Johnston (2001) stain vectors (hematoxylin, eosin, DAB) that segmentation and
+# the morphology features deconvolve with; applied here in torch, to float images, on any device.
+_HED_FROM_RGB = HED.astype(np.float64)
+_RGB_FROM_HED = np.linalg.inv(_HED_FROM_RGB)
 # the 8 symmetries of the square: (rotation by k * 90 degrees) o (optional horizontal flip)
 _DIHEDRAL = np.array(
     [
@@ -114,7 +116,7 @@ def hed_jitter(x: torch.Tensor, scale: float, shift: float, g: torch.Generator) 
     """Perturb the hematoxylin, eosin and residual stain concentrations of each image.
 
     Concentrations ``c = od @ hed_from_rgb`` of the optical density ``od = -ln((255 x + 1) /
-    256)`` become ``c * a + b`` (``a ~ U(1 ± scale)``, ``b ~ U(± shift)`` per image and stain),
+    256)`` (natural log: ``ln(10)`` times :func:`scellst.pp._stains.optical_density`) become ``c * a + b`` (``a ~ U(1 ± scale)``, ``b ~ U(± shift)`` per image and stain),
     and are mapped back to RGB: one 3x3 matrix and offset per image in optical-density space.
     """
     if scale <= 0 and shift <= 0:

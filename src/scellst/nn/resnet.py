@@ -138,7 +138,8 @@ def build_backbone(arch: str) -> nn.Module:
     Parameters
     ----------
     arch
-        ``"resnet_small"`` / ``"resnet_tiny"`` (:class:`SmallResNet`), a torchvision
+        ``"resnet_small"`` / ``"resnet_tiny"`` / ``"resnet_small_wide"`` (:class:`SmallResNet`
+        with the settings of ``SMALL_ARCHS``; ``_wide``: first stage at stride 1), a torchvision
         classification model name (e.g. ``"resnet50"``; built with ``weights=None`` and its
         classifier replaced by the identity), or a timm model name when timm is installed
         (``timm.create_model(arch, pretrained=False, num_classes=0)``).
@@ -170,7 +171,8 @@ def build_backbone(arch: str) -> nn.Module:
 
 @torch.no_grad()
 def output_dim(module: nn.Module, size: int) -> int:
-    """Feature dimension of ``module`` on ``(1, 3, size, size)`` inputs (one dummy forward pass)."""
+    """Feature dimension of ``module`` on ``(n, 3, size, size)`` inputs (one dummy forward pass
+    on two blank images, in evaluation mode)."""
     was_training = module.training
     module.eval()
     try:

@@ -8,8 +8,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
-from .._sdata import apply_matrix, element_to_image_matrix, image_shape_yx
-from .._sdata import image_key as resolve_image_key
+from .._sdata import apply_matrix, cells_image_key, element_to_image_matrix, image_shape_yx
 from .._sdata import spots_key as resolve_spots_key
 from ..constants import CELLS_KEY, NO_SPOT, SPATIAL_OBSM, SPOT_COLUMN, UNS_KEY, cells_table_key
 
@@ -102,12 +101,9 @@ def assign_cells(
 
 
 def _check_spots_on_image(sdata, spots_key, cells_key, centres, radii) -> None:
-    seg = sdata.tables[cells_table_key(cells_key)].uns.get(UNS_KEY, {}).get("segmentation", {})
-    image = seg.get("image_key")
-    if image is None or image not in sdata.images:
-        image = resolve_image_key(sdata, None) if sdata.images else None
-    if image is None:
+    if not sdata.images:
         return
+    image = cells_image_key(sdata, sdata.tables[cells_table_key(cells_key)])
     h, w = image_shape_yx(sdata, image)
     x, y = centres[:, 0], centres[:, 1]
     on = (x + radii > 0) & (x - radii < w) & (y + radii > 0) & (y - radii < h)

@@ -20,6 +20,8 @@ class Encoder(Protocol):
     at once (e.g. neighbourhood statistics). ``provenance`` (optional, a dict of strings,
     numbers and lists) is stored in the embedding table's ``uns``. ``crop_size_um`` and
     ``crop_mpp`` (optional) set the crops that :func:`~scellst.tl.embed` reads for it.
+    ``needs_masks`` (optional, default ``True``): ``False`` when ``encode`` uses the images alone,
+    so that ``embed`` skips rasterising the nucleus masks (``batch.masks`` is then ``None``).
     """
 
     name: str
@@ -35,6 +37,9 @@ class Encoder(Protocol):
 
 class CallableEncoder:
     """Wrap ``f(crops: (n, S, S, 3) uint8) -> (n, d)`` as an encoder."""
+
+    #: ``f`` sees the pixels only: :func:`~scellst.tl.embed` skips rasterising the nucleus masks.
+    needs_masks = False
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], name: str | None = None):
         self.fn = fn

@@ -19,6 +19,7 @@ from torch import nn
 from .. import __version__
 from ..nn.resnet import SMALL_ARCHS, build_backbone, is_known_arch, output_dim
 from ._crops import CROP_MPP, CROP_SIZE_UM, CropBatch
+from ._model import default_device
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,16 @@ WEIGHTS_DIR_ENV = "SCELLST_WEIGHTS_DIR"
 _CONFIG = "encoder.json"
 _WEIGHTS = "encoder_weights.pt"
 _FORMAT = "scellst-encoder"
+#: The TorchEncoder settings written by :meth:`SSLEncoder.save` (with the architecture).
+_SAVED_SETTINGS = (
+    "name", "mean", "std", "input_size_um", "input_px", "crop_size_um", "crop_mpp",
+)  # fmt: skip
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/``None``: CUDA when available, else the CPU; otherwise ``torch.device(device)``."""
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     return torch.device(device)
 
 
@@ -133,13 +138,12 @@ class TorchEncoder:
         self.crop_mpp = float(crop_mpp)
         self.input_px = int(input_px or round(input_size_um / crop_mpp))
         self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
         self.amp = bool(amp)
         self.weights_sha256 = fingerprint(module)
         self.name = name or f"{self.arch}-{self.weights_sha256[:8]}"
         self._extra = dict(provenance or {})
         self._dim: int | None = None
-        self.module.to(self.device)
+        self.to(device)
 
     # ---- the Encoder protocol ---------------------------------------------------------------
     @property
@@ -186,8 +190,7 @@ class TorchEncoder:
             )
         start = (side - centre) // 2
         images = images[:, start : start + centre, start : start + centre]
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        mean, std = self._norm
         self.module.eval()
         out = []
         with torch.inference_mode():
@@ -221,6 +224,10 @@ class TorchEncoder:
         """Move the network to ``device`` (``"auto"``: a GPU when available)."""
         self.device = resolve_device(device)
         self.module.to(self.device)
+        self._norm = tuple(
+            torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            for v in (self.mean, self.std)
+        )
         return self
 
     def __repr__(self) -> str:
@@ -246,14 +253,14 @@ class SSLEncoder(TorchEncoder):
         arch: str,
         config: dict,
         history: dict | None = None,
+        name: str | None = None,
         **kwargs,
     ):
         self.config = dict(config)
         self.history: dict[str, list[float]] = dict(history or {})
-        kwargs.setdefault("name", None)
-        super().__init__(module, arch=arch, **kwargs)
-        if kwargs["name"] is None:
-            self.name = f"{config.get('method', 'ssl')}-{arch}-{self.weights_sha256[:8]}"
+        super().__init__(module, arch=arch, name=name, **kwargs)
+        if name is None:
+            self.name = f"{self.config.get('method', 'ssl')}-{arch}-{self.weights_sha256[:8]}"
 
     @property
     def provenance(self) -> dict:
@@ -287,14 +294,8 @@ class SSLEncoder(TorchEncoder):
         payload = {
             "format": _FORMAT,
             "scellst_version": __version__,
-            "name": self.name,
             "arch": self.arch,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "input_size_um": self.input_size_um,
-            "input_px": self.input_px,
-            "crop_size_um": self.crop_size_um,
-            "crop_mpp": self.crop_mpp,
+            **{key: getattr(self, key) for key in _SAVED_SETTINGS},
             "weights_sha256": self.weights_sha256,
             "config": _jsonable(self.config),
             "history": self.history,
@@ -338,13 +339,7 @@ class SSLEncoder(TorchEncoder):
             arch=payload["arch"],
             config=payload.get("config", {}),
             history=payload.get("history", {}),
-            name=payload["name"],
-            mean=tuple(payload["mean"]),
-            std=tuple(payload["std"]),
-            input_size_um=payload["input_size_um"],
-            input_px=payload["input_px"],
-            crop_size_um=payload["crop_size_um"],
-            crop_mpp=payload["crop_mpp"],
+            **{key: payload[key] for key in _SAVED_SETTINGS},
             batch_size=batch_size,
             device=device,
         )
@@ -402,12 +397,12 @@ def weights_path(name: str, weights: str | os.PathLike | None) -> Path:
     ``weights`` when given, else ``$SCELLST_WEIGHTS_DIR/<name>.pth`` (or ``.pt``). Raises
     :class:`FileNotFoundError` at once, naming the expected file and where to get it.
     """
-    url = _download_hint(name)
     env = os.environ.get(WEIGHTS_DIR_ENV)
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_file():
             return path
+        url = _download_hint(name)
         raise FileNotFoundError(
             f"Weights file {str(path)!r} for encoder {name!r} not found. scellst never "
             f"downloads weights: download them once (ImageNet weights: {url}), e.g. "
@@ -417,6 +412,7 @@ def weights_path(name: str, weights: str | os.PathLike | None) -> Path:
     for path in candidates:
         if path.is_file():
             return path
+    url = _download_hint(name)
     target = candidates[0] if candidates else Path("~/scellst_weights") / f"{name}.pth"
     where = (
         f"{str(candidates[0])!r} (from ${WEIGHTS_DIR_ENV}) does not exist"

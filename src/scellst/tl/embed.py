@@ -12,12 +12,12 @@ from spatialdata import SpatialData
 from .._sdata import (
     add_element,
     apply_matrix,
+    cells_image_key,
     check_free,
     element_to_image_matrix,
     image_level0,
     image_levels,
 )
-from .._sdata import image_key as resolve_image_key
 from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, SPATIAL_OBSM, UNS_KEY
 from ..io._scale import microns_per_pixel
 from ._crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops, slide_channel_stats
@@ -99,10 +99,7 @@ def embed(
     """
     check_free(sdata, [key_added], overwrite)
     cells = cells_table(sdata, cells_key)
-    if image_key is None:
-        image_key = cells.uns.get(UNS_KEY, {}).get("segmentation", {}).get("image_key")
-        image_key = image_key if image_key in sdata.images else None
-    image_key = resolve_image_key(sdata, image_key)
+    image_key = cells_image_key(sdata, cells, image_key)
     mpp = microns_per_pixel(sdata, image_key)
     enc = resolve_encoder(encoder, weights)
     crop_size_um = crop_size_um or getattr(enc, "crop_size_um", CROP_SIZE_UM)

@@ -13,12 +13,11 @@ import torch
 from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
-from .._sdata import apply_matrix, element_to_image_matrix, image_level0
-from .._sdata import image_key as resolve_image_key
-from ..constants import CELLS_KEY, SPATIAL_OBSM, UNS_KEY
+from .._sdata import apply_matrix, cells_image_key, element_to_image_matrix, image_level0
+from ..constants import CELLS_KEY, SPATIAL_OBSM
 from ..io._scale import microns_per_pixel
 from ..nn.augment import AugmentConfig, augment
-from ..nn.resnet import build_backbone, is_known_arch, output_dim
+from ..nn.resnet import build_backbone, output_dim
 from ..nn.ssl import METHODS, SSLModel, momentum_at
 from ._crops import CROP_MPP, CROP_SIZE_UM, crop_pixels, iter_crops
 from ._tables import cells_table
@@ -64,10 +63,11 @@ def train_encoder(
     schedule, symmetric InfoNCE loss; or BYOL). The encoder is the backbone: its pooled
     features, not the projector's output.
 
-    The defaults train a small ResNet on 48-px crops on a CPU: 5 epochs over the 4,600 cells of
-    a 2048² synthetic slide took 8 minutes on 2 busy cores (about 50 cells x epochs per
-    second); the time grows with ``min(max_cells, cells) * epochs``. More steps give better
-    features (``benchmarks/embedding_quality.py``). For the paper's setting use
+    The defaults train a small ResNet on 48-px crops, cheap enough for a CPU: 6,000 cells of
+    four her2st sections x 5 epochs took 80 s wall (119 s CPU) on a 2-core machine at load
+    average 1-2 (``benchmarks/ssl_her2st.py``, BENCHMARKS.md); the time grows with
+    ``min(max_cells, cells) * epochs``, and with other jobs competing for the cores. More steps
+    give better features (``benchmarks/embedding_quality.py``). For the paper's setting use
     ``arch="resnet50"``, a GPU (``device="cuda"``, bfloat16 autocast by default there),
     ``batch_size=1024`` or more, more cells and epochs.
 
@@ -135,11 +135,13 @@ def train_encoder(
     sdatas = [sdatas] if isinstance(sdatas, SpatialData) else list(sdatas)
     if not sdatas:
         raise ValueError("No SpatialData given to train_encoder.")
-    if not is_known_arch(arch):
-        build_backbone(arch)  # raises with the list of architectures
     dev = resolve_device(device)
-    use_amp = (dev.type == "cuda") if amp is None else (bool(amp) and dev.type == "cuda")
+    use_amp = dev.type == "cuda" and (amp is None or bool(amp))
     input_px = int(round(input_size_um / crop_mpp))
+    # the backbone before the (slow) crop reading: an unknown `arch` fails at once
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch)
+    dim = output_dim(backbone, input_px)
 
     rng = np.random.default_rng(seed)
     crops, per_slide = sample_crops(
@@ -158,9 +160,6 @@ def train_encoder(
         raise ValueError(f"Only {n} cell(s) found in the slides: nothing to train on.")
     mean, std = channel_stats(crops, input_px)
 
-    torch.manual_seed(seed)
-    backbone = build_backbone(arch)
-    dim = output_dim(backbone, input_px)
     hidden, out_dim = (4096, 256) if dim >= 1024 else (1024, 128)
     model = SSLModel(backbone, dim, method, hidden, out_dim, temperature).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,8 +192,9 @@ def train_encoder(
             x = x.permute(0, 3, 1, 2).contiguous()
             v1 = augment(x, input_px, augmentation, g, mean_t, std_t)
             v2 = augment(x, input_px, augmentation, g, mean_t, std_t)
+            rate = lr_at(step)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = rate
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss = model(v1, v2)
             opt.zero_grad(set_to_none=True)
@@ -208,7 +208,7 @@ def train_encoder(
                 )
             losses.append(value)
             history["step_loss"].append(round(value, 6))
-            history["lr"].append(lr_at(step))
+            history["lr"].append(rate)
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{value:.3f}")
@@ -289,11 +289,7 @@ def sample_crops(
     sources = []
     for sdata in sdatas:
         cells = cells_table(sdata, cells_key)
-        key = image_key
-        if key is None:
-            key = cells.uns.get(UNS_KEY, {}).get("segmentation", {}).get("image_key")
-            key = key if key in sdata.images else None
-        key = resolve_image_key(sdata, key)
+        key = cells_image_key(sdata, cells, image_key)
         matrix = element_to_image_matrix(sdata, cells_key, key)
         centroids = apply_matrix(matrix, np.asarray(cells.obsm[SPATIAL_OBSM]))
         sources.append((sdata, key, centroids))
@@ -314,9 +310,9 @@ def sample_crops(
             image_level0(sdata, key),
             microns_per_pixel(sdata, key),
             centroids[idx],
-            np.full(len(idx), None, dtype=object),
             crop_size_um=crop_size_um,
             crop_mpp=crop_mpp,
+            masks=False,
             n_jobs=n_jobs,
             progress=progress,
         ):
