@@ -59,8 +59,8 @@ from _measure import measure
 import scellst as sst
 from scellst._sdata import image_level0, read_rgb
 from scellst.pp.assign import spot_geometry
-from scellst.tl._evaluate import measured_spots, score_genes
-from scellst.tl._spots import slide_bags
+from scellst.tl._evaluate import score_genes
+from scellst.tl._spots import measured_spots, slide_bags
 
 BAG_KW = dict(cells_key="sst_cells", embedding_key="sst_embedding", spots_key=None, min_counts=20)
 

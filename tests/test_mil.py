@@ -4,6 +4,10 @@ prediction units and what a saved model carries."""
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import spatialdata as sd
 import scellst as sst
 from scellst.tl._evaluate import log_normalized, match_truth_cells
 from scellst.tl._spots import slide_bags
+from scellst.tl._training import TRAINING_OPTIONS, training_options
 
 
 def _part(embedded, mask, boost: str | None = None) -> sd.SpatialData:
@@ -209,3 +214,35 @@ def test_units_history_and_skipped_spots(embedded, tmp_path):
         loaded.predict_cells(embedded["sst_embedding"].obsm["X_sst"])["counts"], pred["counts"],
         rtol=1e-6,
     )  # fmt: skip
+
+
+def test_training_options_are_fits_own():
+    """fit, leave_one_slide_out and fit_slides share one list of training settings, with the
+    defaults of fit's signature."""
+    params = inspect.signature(sst.tl.fit).parameters
+    assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in TRAINING_OPTIONS)
+    options = training_options(lr=0.5)
+    assert options == {k: 0.5 if k == "lr" else params[k].default for k in TRAINING_OPTIONS}
+    with pytest.raises(TypeError, match="Unknown training settings"):
+        training_options(epochs=3)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        training_options(loss="l1")
+    # reading fit's defaults must not bind the module `scellst.tl.fit` to `sst.tl.fit`
+    code = (
+        "import scellst as sst; from scellst.tl._training import training_options; "
+        "training_options(); assert callable(sst.tl.fit), sst.tl.fit"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spot_predictions_agree_from_model_and_from_table(fitted):
+    """evaluate scores the same spot predictions from a model or from its prediction table."""
+    sdata, model = fitted
+    sst.tl.predict(sdata, model, key_added="test_agree", overwrite=True)
+    try:
+        from_table = sst.tl.evaluate(sdata, table_key="test_agree")
+        from_model = sst.tl.evaluate(sdata, model)
+        np.testing.assert_allclose(from_table["pearson"], from_model["pearson"], atol=1e-6)
+        np.testing.assert_allclose(from_table["mse"], from_model["mse"], rtol=1e-5)
+    finally:
+        del sdata.tables["test_agree"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -12,10 +11,10 @@ import pandas as pd
 from spatialdata import SpatialData
 
 from ..constants import CELLS_KEY, EMBEDDING_KEY
-from ._evaluate import measured_spots, score_genes
+from ._evaluate import score_genes
 from ._model import MILModel
-from ._spots import select_genes, slide_bags
-from ._training import fit_slides
+from ._spots import measured_spots, select_genes, slide_bags
+from ._training import fit_slides, training_options
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,9 @@ def leave_one_slide_out(
     keep_models
         Keep each fold's model in the result.
     **fit_kwargs
-        Training settings passed on as in :func:`fit` (``loss``, ``lr``, ``max_epochs``, ...);
-        the validation split is made within the training slides.
+        Training settings passed on as in :func:`fit` (``loss``, ``lr``, ``max_epochs``, ...),
+        with fit's defaults except ``progress=False``; the validation split is made within the
+        training slides.
 
     Returns
     -------
@@ -95,16 +95,11 @@ def leave_one_slide_out(
     )
     if len(named) < 2:
         raise ValueError("leave_one_slide_out needs at least two slides.")
-    allowed = set(inspect.signature(fit_slides).parameters) - {"slides", "genes", "val_slides"}
-    allowed -= {"min_spot_counts", "gene_selection"}
-    unknown = set(fit_kwargs) - allowed
-    if unknown:
-        raise TypeError(f"Unknown training settings {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    options = training_options(**{"progress": False, **fit_kwargs})
     folds = list(named) if held_out is None else [str(h) for h in held_out]
     missing = [f for f in folds if f not in named]
     if missing:
         raise KeyError(f"Slides {missing} are not among {list(named)}.")
-    fit_kwargs.setdefault("progress", False)
     bags = {
         name: slide_bags(
             s,
@@ -128,11 +123,7 @@ def leave_one_slide_out(
             universe=bags[test].spots.var_names,
         )
         model = fit_slides(
-            train,
-            gene_list,
-            min_spot_counts=min_spot_counts,
-            gene_selection=genes if isinstance(genes, str) else "list",
-            **fit_kwargs,
+            train, gene_list, options, min_spot_counts=min_spot_counts, gene_selection=genes
         )
         model.config["training_slides"] = train_names
         b = bags[test]

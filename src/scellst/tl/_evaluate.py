@@ -17,6 +17,7 @@ from spatialdata import SpatialData
 from ..constants import (
     CELLS_KEY,
     EMBEDDING_KEY,
+    EMBEDDING_OBSM,
     EXPRESSION_KEY,
     SPATIAL_OBSM,
     TRUE_EXPRESSION_KEY,
@@ -24,7 +25,8 @@ from ..constants import (
     UNS_KEY,
 )
 from ..io._scale import element_microns_per_unit
-from ._spots import TARGET_SUM, SlideBags, slide_bags
+from ._model import spot_predictions
+from ._spots import SlideBags, log_normalized, measured_spots, slide_bags
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,7 @@ def evaluate(
             genes=genes,
             table_key=table_key,
             embedding_key=embedding_key,
+            cells_key=cells_key,
             max_distance_um=max_distance_um,
         )
     raise ValueError(f"level must be 'spot' or 'cell', got {level!r}")
@@ -145,18 +148,6 @@ def score_genes(pred: np.ndarray, measured: np.ndarray, genes: Sequence[str]) ->
 def _nanmean(x) -> float:
     x = np.asarray(x, np.float64)
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
-
-
-def log_normalized(counts, total: np.ndarray) -> np.ndarray:
-    """``log1p`` of counts per 10,000 of ``total`` (dense float64)."""
-    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    return np.log1p(counts / np.maximum(np.asarray(total, np.float64), 1)[:, None] * TARGET_SUM)
-
-
-def measured_spots(bags: SlideBags, genes: Sequence[str]) -> np.ndarray:
-    """Measured log-normalised expression of the kept spots of a slide."""
-    total = np.asarray(bags.spots.X.sum(1)).ravel()
-    return log_normalized(bags.spots[:, list(genes)].X, total)
 
 
 def _spot_subset(bags: SlideBags, spots: Sequence | None) -> np.ndarray:
@@ -191,26 +182,11 @@ def _prediction_info(sdata: SpatialData, table_key: str) -> tuple[ad.AnnData, di
 
 def _spot_predictions_from_table(table: ad.AnnData, info: dict, bags: SlideBags) -> np.ndarray:
     """Aggregate the per-cell predictions of a table back into spot predictions."""
-    m = info["model"]
     rows = bags.cell_index
-    n_spots = bags.spots.n_obs
-    count = np.bincount(bags.bag, minlength=n_spots).astype(np.float64)
-    n_med = float(m.get("median_cells_per_spot", 1.0))
-
-    def agg(values: np.ndarray) -> np.ndarray:
-        out = np.zeros((n_spots, values.shape[1]))
-        np.add.at(out, bags.bag, values)
-        return out / count[:, None] if m["aggregation"] == "mean" else out
-
-    per_spot = n_med if m["aggregation"] == "sum" else 1.0
-    if m["loss"] == "mse":
-        X = np.asarray(table.X[rows], np.float64)
-        if m.get("aggregation_space", "log") == "linear":
-            return np.log1p(agg(np.expm1(X) / per_spot))
-        return agg(X) / per_spot
-    counts = np.asarray(table.layers["counts"][rows], np.float64)
-    rate = agg(counts) * (n_med if m["aggregation"] == "mean" else 1.0)
-    return np.log1p(rate * TARGET_SUM / float(m["median_total_counts"]))
+    cells = {"log_normalized": table.X[rows]}
+    if "counts" in table.layers:
+        cells["counts"] = table.layers["counts"][rows]
+    return spot_predictions(cells, bags.bag, bags.spots.n_obs, info["model"])
 
 
 def _evaluate_spots(
@@ -266,7 +242,7 @@ def _genes_to_score(predicted, measured, genes) -> tuple[list[str], list[str]]:
 
 
 def _evaluate_cells(
-    sdata, model, *, truth, genes, table_key, embedding_key, max_distance_um
+    sdata, model, *, truth, genes, table_key, embedding_key, cells_key, max_distance_um
 ) -> pd.DataFrame:
     if model is None:
         table, _ = _prediction_info(sdata, table_key)
@@ -277,16 +253,15 @@ def _evaluate_cells(
         if embedding_key not in sdata.tables:
             raise KeyError(f"No embedding table {embedding_key!r}: run `sst.tl.embed` first.")
         emb = sdata.tables[embedding_key]
-        pred = model.predict_cells(emb.obsm["X_sst"])["log_normalized"]
+        pred = model.predict_cells(emb.obsm[EMBEDDING_OBSM])["log_normalized"]
         predicted_genes, xy = model.genes, np.asarray(emb.obsm[SPATIAL_OBSM])
         source = embedding_key
-        cells_key = emb.uns.get(UNS_KEY, {}).get("embedding", {}).get("cells_key", CELLS_KEY)
+        cells_key = emb.uns.get(UNS_KEY, {}).get("embedding", {}).get("cells_key", cells_key)
     synthetic = truth is None or (isinstance(truth, str) and truth == TRUE_EXPRESSION_KEY)
     if synthetic and TRUE_LABELS_KEY in sdata.labels and TRUE_EXPRESSION_KEY in sdata.tables:
         truth_table = sdata.tables[TRUE_EXPRESSION_KEY]
         rows, truth_rows = match_truth_cells(sdata, source)
         truth_values = truth_table.X
-        matched = len(rows) / max(len(xy), 1)
     else:
         if truth is None:
             raise ValueError(
@@ -301,7 +276,7 @@ def _evaluate_cells(
             xy, np.asarray(truth_table.obsm[SPATIAL_OBSM]), max_distance_um / mpu
         )
         truth_values = _truth_log_normalized(truth_table)
-        matched = len(rows) / max(len(xy), 1)
+    matched = len(rows) / max(len(xy), 1)
     keep_genes, missing = _genes_to_score(predicted_genes, truth_table.var_names, genes)
     idx = [predicted_genes.index(g) for g in keep_genes]
     truth_idx = truth_table.var_names.get_indexer(keep_genes)
@@ -375,23 +350,24 @@ def _constant(x: np.ndarray) -> np.ndarray:
 def score_against_truth(sdata: SpatialData, table_key: str = EXPRESSION_KEY) -> dict:
     """Per-gene Pearson of predicted vs true cell expression on a synthetic slide.
 
-    Returns the mean over the marker genes, the morphology-linked genes and all genes, the
-    fraction of predicted cells matched to a true nucleus, and the per-gene values.
+    :func:`evaluate` at cell level (the predictions of table ``table_key``, written by
+    :func:`scellst.tl.predict`), summarised: the mean over the marker genes, the
+    morphology-linked genes and all genes, the fraction of predicted cells matched to a true
+    nucleus, and the per-gene values.
     """
-    pred, truth = sdata.tables[table_key], sdata.tables[TRUE_EXPRESSION_KEY]
-    rows, truth_rows = match_truth_cells(sdata, table_key)
-    r = pearson_per_gene(
-        np.asarray(pred.X)[rows], np.asarray(truth[:, pred.var_names].X)[truth_rows]
-    )
-    per_gene = dict(zip(pred.var_names, r, strict=True))
+    scores = evaluate(sdata, level="cell", table_key=table_key)
+    per_gene = scores["pearson"].to_dict()
+    truth = sdata.tables[TRUE_EXPRESSION_KEY]
     markers = [g for genes in truth.uns["marker_genes"].values() for g in genes if g in per_gene]
     morphology = [g for g in truth.uns["morphology_genes"] if g in per_gene]
     return {
-        "markers": float(np.mean([per_gene[g] for g in markers])) if markers else float("nan"),
-        "morphology": float(np.mean([per_gene[g] for g in morphology]))
-        if morphology
-        else float("nan"),
-        "all": float(np.nanmean(r)),
-        "matched": len(rows) / max(pred.n_obs, 1),
+        "markers": _mean_of(per_gene, markers),
+        "morphology": _mean_of(per_gene, morphology),
+        "all": scores.attrs["mean_pearson"],
+        "matched": scores.attrs["matched_fraction"],
         "per_gene": per_gene,
     }
+
+
+def _mean_of(per_gene: dict, genes: list[str]) -> float:
+    return float(np.mean([per_gene[g] for g in genes])) if genes else float("nan")

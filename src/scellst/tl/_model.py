@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..nn import CellMLP
+from ..nn import CellMLP, aggregate
+from ._spots import TARGET_SUM
 
 _CONFIG = "config.json"
 _WEIGHTS = "weights.pt"
@@ -17,6 +18,35 @@ _WEIGHTS = "weights.pt"
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def spot_predictions(
+    cells: dict[str, np.ndarray], bag: np.ndarray, n_spots: int, config: dict
+) -> np.ndarray:
+    """Spot predictions (``log1p`` of counts per 10,000, float64) from cell predictions.
+
+    ``cells`` is what :meth:`MILModel.predict_cells` returns (or the ``X`` and ``"counts"``
+    layer of a :func:`~scellst.tl.predict` table, rows of the cells in spots), ``bag[i]`` the
+    spot (0..n_spots-1) of cell ``i``, ``config`` the model's (or its :meth:`~MILModel.summary`).
+    Cells are pooled as in training: MSE in log space averages (sums) the log outputs, in linear
+    space the expression; count losses add up the cells' expected counts.
+    """
+    how = config["aggregation"]
+    n_med = float(config.get("median_cells_per_spot", 1.0))
+    per_spot = n_med if how == "sum" else 1.0  # predict_cells scales "sum" cells to a whole spot
+    index = torch.as_tensor(np.asarray(bag, np.int64))
+
+    def pool(values: np.ndarray) -> np.ndarray:
+        values = torch.as_tensor(np.asarray(values, np.float64))
+        return aggregate(values, index, n_spots, how).numpy()
+
+    if config["loss"] == "mse":
+        log_cells = np.asarray(cells["log_normalized"], np.float64)
+        if config.get("aggregation_space", "log") == "linear":
+            return np.log1p(pool(np.expm1(log_cells) / per_spot))
+        return pool(log_cells) / per_spot
+    rate = pool(cells["counts"]) * (n_med if how == "mean" else 1.0)  # counts: per-cell share
+    return np.log1p(rate * TARGET_SUM / float(config["median_total_counts"]))
 
 
 class MILModel:
@@ -100,7 +130,7 @@ class MILModel:
     @property
     def units(self) -> str:
         """Units of the ``log_normalized`` predictions."""
-        return "log1p(counts per 10,000)"
+        return f"log1p(counts per {TARGET_SUM:,.0f})"
 
     def predict_cells(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Per-cell predictions from cell embeddings.
@@ -126,33 +156,18 @@ class MILModel:
                 }
             return {"log_normalized": (log_cell * per_spot).astype(np.float32)}
         depth = float(c["median_total_counts"])
-        log_normalized = np.log1p(raw * (per_spot * 1e4 / depth)).astype(np.float32)
+        log_normalized = np.log1p(raw * (per_spot * TARGET_SUM / depth)).astype(np.float32)
         counts = raw if c["aggregation"] == "sum" else raw / n_med
         return {"log_normalized": log_normalized, "counts": counts.astype(np.float32)}
 
     def predict_spots(self, features: np.ndarray, bag: np.ndarray, n_spots: int) -> np.ndarray:
         """Spot predictions in log-normalised units (``log1p`` of counts per 10,000).
 
-        The cell outputs are aggregated as in training (mean or sum over the cells of each spot;
-        ``bag[i]`` is the spot, 0..n_spots-1, of cell ``i``), then converted: for count losses
-        ``log1p`` of the aggregated rate per 10,000 of the median depth.
+        The cell predictions are aggregated as in training (mean or sum over the cells of each
+        spot; ``bag[i]`` is the spot, 0..n_spots-1, of cell ``i``): see :func:`spot_predictions`.
         """
-        from ..nn import aggregate
-
-        raw = torch.as_tensor(self.cell_outputs(self._check_features(features)))
-        scale = torch.as_tensor(np.asarray(self.config["target_scale"], np.float32))
-        if self.config["loss"] == "mse" and self.config.get("aggregation_space") == "linear":
-            bag = torch.as_tensor(np.asarray(bag, np.int64))
-            pooled = aggregate(torch.expm1(raw * scale), bag, n_spots, self.config["aggregation"])
-            return torch.log1p(pooled).numpy().astype(np.float32)
-        agg = aggregate(
-            raw, torch.as_tensor(np.asarray(bag, np.int64)), n_spots, self.config["aggregation"]
-        )
-        agg = agg.numpy()
-        if self.config["loss"] == "mse":
-            return (agg * np.asarray(self.config["target_scale"], np.float32)).astype(np.float32)
-        depth = float(self.config["median_total_counts"])
-        return np.log1p(agg * (1e4 / depth)).astype(np.float32)
+        cells = self.predict_cells(features)
+        return spot_predictions(cells, bag, n_spots, self.config).astype(np.float32)
 
     def summary(self) -> dict:
         """Settings, preprocessing, encoder reference, skipped spots and loss curves, in a form

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 from spatialdata import SpatialData
 
@@ -40,6 +40,11 @@ class SlideBags:
     n_no_cells: int = 0  # spots skipped because no segmented cell lies in them
     n_low_counts: int = 0  # spots skipped because of fewer than min_counts counts
     encoder_info: dict | None = None  # the embedding's provenance (no slide-specific statistics)
+
+    @property
+    def total_counts(self) -> np.ndarray:
+        """Total counts of each kept spot over all genes (the normalisation of the targets)."""
+        return np.asarray(self.spots.X.sum(1), dtype=np.float64).ravel()
 
     @property
     def instance(self) -> np.ndarray:
@@ -138,6 +143,17 @@ def slide_bags(
     )
 
 
+def log_normalized(counts, total: np.ndarray) -> np.ndarray:
+    """``log1p`` of counts per TARGET_SUM (10,000) of ``total`` (dense float64)."""
+    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    return np.log1p(counts / np.maximum(np.asarray(total, np.float64), 1)[:, None] * TARGET_SUM)
+
+
+def measured_spots(bags: SlideBags, genes: Sequence[str]) -> np.ndarray:
+    """Measured log-normalised expression of the kept spots of a slide (the MSE targets)."""
+    return log_normalized(bags.spots[:, list(genes)].X, bags.total_counts)
+
+
 def encoder_reference(info: dict) -> dict:
     """What identifies the encoder of an embedding (its name, crop geometry, provenance).
 
@@ -197,9 +213,7 @@ def select_genes(
     ``universe`` restricts the candidates further (e.g. to the genes also measured on a held-out
     slide). Selected genes are returned sorted by name.
     """
-    common = slides[0].spots.var_names
-    for s in slides[1:]:
-        common = common.intersection(s.spots.var_names, sort=False)
+    common = common_genes(slides)
     if universe is not None:
         common = common.intersection(pd.Index(universe), sort=False)
     if isinstance(genes, str):
@@ -229,6 +243,14 @@ def select_genes(
     return genes
 
 
+def common_genes(slides: Sequence[SlideBags]) -> pd.Index:
+    """The genes measured in every slide (in the first slide's order)."""
+    common = slides[0].spots.var_names
+    for s in slides[1:]:
+        common = common.intersection(s.spots.var_names, sort=False)
+    return common
+
+
 def _joint_counts(slides: list[SlideBags], genes: list[str]) -> ad.AnnData:
     adatas = [ad.AnnData(X=s.spots[:, genes].X, var=pd.DataFrame(index=genes)) for s in slides]
     return ad.concat(adatas, label="slide", index_unique="-")
@@ -250,6 +272,8 @@ def _candidate_genes(slides, common, n, min_counts, min_frac) -> list[str]:
 
 
 def _hvg(slides, candidates, n) -> list[str]:
+    import scanpy as sc  # here only: ~1 s to import, not needed to predict
+
     joint = _joint_counts(slides, candidates)
     n = min(n, joint.n_vars)
     sc.pp.highly_variable_genes(
@@ -276,8 +300,8 @@ def morans_i(slides: list[SlideBags], genes: list[str], n_neighs: int = 6) -> pd
     for s in slides:
         if s.spots.n_obs <= n_neighs:
             continue
-        lib = np.asarray(s.spots.X.sum(1), dtype=np.float64).ravel()
-        X = s.spots[:, genes].X.multiply(1e4 / np.maximum(lib, 1)[:, None]).tocsr().log1p()
+        lib = s.total_counts  # log_normalized, kept sparse
+        X = s.spots[:, genes].X.multiply(TARGET_SUM / np.maximum(lib, 1)[:, None]).tocsr().log1p()
         adata = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float64), var=pd.DataFrame(index=genes))
         adata.obsm["spatial"] = s.spots.obs[["x_um", "y_um"]].to_numpy()
         with _quiet("spatialdata._logging"):  # squidpy logs every graph it builds there

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from ..nn import aggregate, mse_loss, nb_nll, poisson_nll
 from ._model import MILModel, default_device
 from ._split import split_spots
-from ._spots import TARGET_SUM, SlideBags
+from ._spots import TARGET_SUM, SlideBags, log_normalized
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +26,50 @@ SMALL_VALIDATION = 20
 AUTO_SMOOTHING = 0.9
 
 
-def _check_options(loss, aggregation, split, smoothing, scale_targets, space="log") -> None:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if aggregation not in ("mean", "sum"):
-        raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
-    if space not in ("log", "linear"):
-        raise ValueError(f"aggregation_space must be 'log' or 'linear', got {space!r}")
-    if split not in ("spatial", "random"):
-        raise ValueError(f"split must be 'spatial' or 'random', got {split!r}")
+#: The parameters of :func:`~scellst.tl.fit` that configure training (the others choose the
+#: data). Their defaults are fit's: :func:`training_options` completes them.
+TRAINING_OPTIONS = (
+    "loss", "aggregation", "aggregation_space", "hidden", "dropout", "lr", "weight_decay",
+    "batch_size", "max_epochs", "patience", "smoothing", "val_fraction", "split",
+    "scale_targets", "seed", "device", "progress",
+)  # fmt: skip
+
+
+def training_options(**given) -> dict:
+    """Every training setting of :func:`~scellst.tl.fit` (:data:`TRAINING_OPTIONS`): those
+    ``given``, the others at fit's defaults; checked."""
+    unknown = set(given) - set(TRAINING_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"Unknown training settings {sorted(unknown)}; allowed: {sorted(TRAINING_OPTIONS)}."
+        )
+    # fit's signature holds the defaults. `from . import fit` goes through the package's lazy
+    # loader, which binds `sst.tl.fit` to the function; importing the submodule `.fit` here
+    # would leave the module there when it is the first to load it.
+    from . import fit
+
+    defaults = inspect.signature(getattr(fit, "fit", fit)).parameters
+    options = {k: given[k] if k in given else defaults[k].default for k in TRAINING_OPTIONS}
+    _check_options(options)
+    return options
+
+
+def _check_options(options: Mapping) -> None:
+    """Raise ValueError for a training setting outside its allowed values."""
+    if options["loss"] not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {options['loss']!r}")
+    if options["aggregation"] not in ("mean", "sum"):
+        raise ValueError(f"aggregation must be 'mean' or 'sum', got {options['aggregation']!r}")
+    if options["aggregation_space"] not in ("log", "linear"):
+        raise ValueError(
+            f"aggregation_space must be 'log' or 'linear', got {options['aggregation_space']!r}"
+        )
+    if options["split"] not in ("spatial", "random"):
+        raise ValueError(f"split must be 'spatial' or 'random', got {options['split']!r}")
+    smoothing = options["smoothing"]
     if smoothing is not None and not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing!r}")
-    _scaling(scale_targets)
+    _scaling(options["scale_targets"])
 
 
 def _scaling(scale_targets: bool | str) -> str:
@@ -64,61 +97,52 @@ def _check_same_encoder(slides: list[SlideBags]) -> None:
 def fit_slides(
     slides: list[SlideBags],
     genes: list[str],
+    options: Mapping,
     *,
     val_slides: Sequence[SlideBags] = (),
-    loss: str = "mse",
-    aggregation: str = "mean",
-    aggregation_space: str = "linear",
-    hidden: Sequence[int] = (256, 256, 256),
-    dropout: float = 0.1,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    batch_size: int = 128,
-    max_epochs: int = 400,
-    patience: int = 20,
-    smoothing: float | None = None,
-    val_fraction: float = 0.2,
-    split: str = "spatial",
-    scale_targets: bool | str = True,
-    min_spot_counts: int = 20,
-    gene_selection: str = "list",
-    seed: int = 0,
-    device: str | None = None,
-    progress: bool = False,
+    min_spot_counts: int,
+    gene_selection: str | Sequence[str] = "list",
 ) -> MILModel:
-    """:func:`fit` on bags already collected (:func:`~scellst.tl._spots.slide_bags`)."""
-    _check_options(loss, aggregation, split, smoothing, scale_targets, aggregation_space)
+    """:func:`fit` on bags already collected (:func:`~scellst.tl._spots.slide_bags`).
+
+    ``options`` holds every training setting (:data:`TRAINING_OPTIONS`), as made by
+    :func:`training_options`; ``min_spot_counts`` is the one the bags were
+    collected with, and ``gene_selection`` the ``genes`` argument of :func:`fit` (recorded:
+    ``"hvg:N"``/``"svg:N"``, or ``"list"`` for a list of names).
+    """
+    o = options
     val_slides = list(val_slides)
     _check_same_encoder(slides + val_slides)
-    rng = np.random.default_rng(seed)
-    dev = torch.device(device) if device is not None else default_device()
-    data = _Tensors.from_slides(slides, val_slides, genes, split, val_fraction, rng, dev)
-    scaling = _scaling(scale_targets) if loss == "mse" else "none"
+    rng = np.random.default_rng(o["seed"])
+    dev = torch.device(o["device"]) if o["device"] is not None else default_device()
+    data = _Tensors.from_slides(slides, val_slides, genes, o["split"], o["val_fraction"], rng, dev)
+    mse = o["loss"] == "mse"
+    scaling = _scaling(o["scale_targets"]) if mse else "none"
     config = {
         "genes": list(genes),
         "n_features": int(data.features.shape[1]),
         "feature_names": slides[0].feature_names,
         "encoder": slides[0].encoder,
         "encoder_info": slides[0].encoder_info or {"encoder": slides[0].encoder},
-        "hidden": [int(h) for h in hidden],
-        "dropout": float(dropout),
-        "loss": loss,
-        "aggregation": aggregation,
+        "hidden": [int(h) for h in o["hidden"]],
+        "dropout": float(o["dropout"]),
+        "loss": o["loss"],
+        "aggregation": o["aggregation"],
         # count losses always aggregate rates (linear); the choice is MSE's
-        "aggregation_space": aggregation_space if loss == "mse" else "linear",
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "batch_size": int(batch_size),
-        "max_epochs": int(max_epochs),
-        "patience": int(patience),
-        "smoothing": smoothing,
-        "validation": "slides" if val_slides else split,
-        "val_fraction": 0.0 if val_slides else float(val_fraction),
-        "split": split,
-        "seed": int(seed),
+        "aggregation_space": o["aggregation_space"] if mse else "linear",
+        "lr": float(o["lr"]),
+        "weight_decay": float(o["weight_decay"]),
+        "batch_size": int(o["batch_size"]),
+        "max_epochs": int(o["max_epochs"]),
+        "patience": int(o["patience"]),
+        "smoothing": o["smoothing"],
+        "validation": "slides" if val_slides else o["split"],
+        "val_fraction": 0.0 if val_slides else float(o["val_fraction"]),
+        "split": o["split"],
+        "seed": int(o["seed"]),
         "scale_targets": scaling,
         "min_spot_counts": int(min_spot_counts),
-        "gene_selection": gene_selection,
+        "gene_selection": gene_selection if isinstance(gene_selection, str) else "list",
         "preprocessing": {
             "target": f"log1p(counts per {TARGET_SUM:,.0f} of the spot, all genes)",
             "target_sum": TARGET_SUM,
@@ -134,7 +158,7 @@ def fit_slides(
     config["validation_spots"] = [
         _plain_list(s.instance[data.val_of_slide(i)]) for i, s in enumerate(slides)
     ]
-    return fit_tensors(data, config, progress=progress)
+    return fit_tensors(data, config, progress=o["progress"])
 
 
 def _plain_list(values: np.ndarray) -> list:
@@ -188,9 +212,7 @@ class _Tensors:
         self.counts = torch.as_tensor(np.asarray(counts, np.float32), device=device)
         self.total = torch.as_tensor(np.asarray(total, np.float32), device=device)
         if logn is None:
-            logn = np.log1p(
-                np.asarray(counts, np.float64) / np.maximum(total, 1)[:, None] * TARGET_SUM
-            )
+            logn = log_normalized(counts, total)
         self.logn = torch.as_tensor(np.asarray(logn, np.float32), device=device)
         self.slide = np.asarray(slide)
         self.val = np.asarray(val, bool)
@@ -208,8 +230,8 @@ class _Tensors:
         feats, bags, counts, totals, val, slide = [], [], [], [], [], []
         offset = 0
         for i, s in enumerate(list(slides) + list(val_slides)):
-            counts.append(np.asarray(s.spots[:, genes].X.todense(), dtype=np.float32))
-            totals.append(np.asarray(s.spots.X.sum(1), dtype=np.float32).ravel())
+            counts.append(s.spots[:, genes].X.toarray())
+            totals.append(s.total_counts)
             feats.append(s.features)
             bags.append(s.bag + offset)
             offset += s.spots.n_obs

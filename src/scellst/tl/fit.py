@@ -8,8 +8,8 @@ from spatialdata import SpatialData
 
 from ..constants import CELLS_KEY, EMBEDDING_KEY
 from ._model import MILModel
-from ._spots import select_genes, slide_bags
-from ._training import _check_options, fit_slides
+from ._spots import common_genes, select_genes, slide_bags
+from ._training import TRAINING_OPTIONS, fit_slides, training_options
 
 
 def fit(
@@ -125,7 +125,8 @@ def fit(
     >>> model = sst.tl.fit([c2, c3, c4], genes="svg:100", loss="nb", validation=c5)
     >>> model.save("model_dir")
     """
-    _check_options(loss, aggregation, split, smoothing, scale_targets, aggregation_space)
+    args = locals()  # fit's arguments (before any other name is bound here)
+    options = training_options(**{k: args[k] for k in TRAINING_OPTIONS})
     sdatas = _as_list(sdata, "sdata")
     if not sdatas:
         raise ValueError("No SpatialData given to fit.")
@@ -140,41 +141,20 @@ def fit(
     )
     slides = [slide_bags(s, **kw) for s in sdatas]
     val_slides = [slide_bags(s, **kw) for s in val_sdatas]
-    universe = None
-    if val_slides:
-        universe = val_slides[0].spots.var_names
-        for v in val_slides[1:]:
-            universe = universe.intersection(v.spots.var_names, sort=False)
     gene_list = select_genes(
         slides,
         genes,
         min_counts=min_gene_counts,
         min_frac=min_gene_fraction,
-        universe=universe,
+        universe=common_genes(val_slides) if val_slides else None,
     )
     return fit_slides(
         slides,
         gene_list,
+        options,
         val_slides=val_slides,
-        loss=loss,
-        aggregation=aggregation,
-        aggregation_space=aggregation_space,
-        hidden=hidden,
-        dropout=dropout,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        patience=patience,
-        smoothing=smoothing,
-        val_fraction=val_fraction,
-        split=split,
-        scale_targets=scale_targets,
         min_spot_counts=min_spot_counts,
-        gene_selection=genes if isinstance(genes, str) else "list",
-        seed=seed,
-        device=device,
-        progress=progress,
+        gene_selection=genes,
     )
 
 
