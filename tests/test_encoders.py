@@ -203,3 +203,70 @@ def test_image_only_encoders_skip_the_masks(segmented, monkeypatch):
 def test_import_scellst_does_not_import_torch():
     code = "import sys, scellst; sst = scellst; sst.tl.embed; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slide_normalization_uses_each_slides_colour_statistics(segmented, tmp_path):
+    """normalization="slide": the network sees (x - slide mean) / slide std, with the slide's
+    channel_stats that embed stores; training and saving keep the mode."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    net.append(torch.nn.Flatten())
+    enc = sst.tl.TorchEncoder(net, normalization="slide")
+    sdata = _few_cells(segmented, 30)
+    sst.tl.embed(sdata, encoder=enc, key_added="s", progress=False)
+    stats = sdata["s"].uns["scellst"]["embedding"]["channel_stats"]
+    prov = sdata["s"].uns["scellst"]["embedding"]["provenance"]
+    assert "per_slide" in prov["normalization"]
+    # the same crops through the module by hand
+    crops = _crops(sdata)
+    x = torch.from_numpy(crops[:, 12:60, 12:60]).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(stats["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(stats["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = net((x - mean) / std).numpy()
+    np.testing.assert_allclose(sdata["s"].obsm["X_sst"], expected, rtol=1e-4, atol=1e-5)
+    # a darker staining: the slide statistics move with it, fixed ones do not
+    fixed = sst.tl.TorchEncoder(net)
+    dark = (crops * 0.8).astype(np.uint8)
+    dark_stats = {"mean": [0.8 * m for m in stats["mean"]], "std": [0.8 * s for s in stats["std"]]}
+    shift_slide = np.abs(enc.encode_images(dark, 0.25, dark_stats) - expected).mean()
+    shift_fixed = np.abs(fixed.encode_images(dark) - fixed.encode_images(crops)).mean()
+    assert shift_slide < 0.2 * shift_fixed
+    with pytest.raises(ValueError, match="channel_stats"):
+        enc.encode_images(crops)
+    with pytest.raises(ValueError, match="normalization"):
+        sst.tl.TorchEncoder(net, normalization="macenko")
+    # trained with per-slide statistics, saved and loaded with the mode
+    ssl = sst.tl.train_encoder(
+        segmented, arch="resnet_tiny", epochs=1, max_cells=64, batch_size=32,
+        normalization="slide", progress=False,
+    )  # fmt: skip
+    assert ssl.normalization == "slide" and ssl.config["normalization"] == "slide"
+    ssl.save(tmp_path / "enc")
+    assert sst.tl.SSLEncoder.load(tmp_path / "enc").normalization == "slide"
+
+
+def _crops(sdata) -> np.ndarray:
+    """The 72-px crops (18 µm at 0.25 µm/px) that embed reads for a TorchEncoder, in cell order."""
+    from scellst._sdata import image_level0
+    from scellst.tl._crops import iter_crops
+    from scellst.tl._tables import cells_on_image
+
+    cells, key, _, centroids = cells_on_image(sdata, "sst_cells")
+    out = np.empty((cells.n_obs, 72, 72, 3), np.uint8)
+    for b in iter_crops(image_level0(sdata, key), 0.5, centroids, masks=False, progress=False):
+        out[b.index] = b.images
+    return out
+
+
+def test_tile_workers_leave_the_callers_threads_alone():
+    """map_tiles limits OpenMP in its worker threads only: an encoder running in the caller's
+    thread between tiles (torch) keeps all its threads."""
+    from scellst.pp._tiles import map_tiles
+
+    before = torch.get_num_threads()
+    seen = []
+    for inner in map_tiles(lambda t: torch.get_num_threads(), [0, 1, 2, 3], n_jobs=2):
+        seen.append((inner, torch.get_num_threads()))
+    assert all(inner == 1 for inner, _ in seen)
+    assert all(outer == before for _, outer in seen)

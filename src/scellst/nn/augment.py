@@ -218,7 +218,8 @@ def augment(
     generator
         CPU generator for every random draw.
     mean, std
-        Per-channel normalisation of the output (on the crops' device); none when ``None``.
+        Per-channel normalisation of the output (on the crops' device): ``(3,)`` for all crops
+        or ``(n, 3)``, one row per crop (e.g. each crop's slide statistics); none when ``None``.
 
     Returns
     -------
@@ -236,5 +237,5 @@ def augment(
     x = torch.where(blur, gaussian_blur(x, sigma), x)
     x = random_erase(x, cfg, generator)
     if mean is not None and std is not None:
-        x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+        x = (x - mean.reshape(-1, 3, 1, 1)) / std.reshape(-1, 3, 1, 1)
     return x

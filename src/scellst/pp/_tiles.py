@@ -100,9 +100,18 @@ def map_tiles(
                 yield fn(t)
                 bar.update()
             return
-        # the workers are the parallelism: nested BLAS/OpenMP threads would only contend
-        with ThreadPoolExecutor(n_jobs) as pool, threadpool_limits(1):
+        with ThreadPoolExecutor(n_jobs, initializer=_one_openmp_thread) as pool:
             yield from _bounded(lambda t: pool.submit(fn, t), tiles, 2 * n_jobs, bar)
+
+
+def _one_openmp_thread() -> None:
+    """Run a tile worker's OpenMP regions on one thread: the workers are the parallelism.
+
+    OpenMP's thread count is a per-thread setting, so this leaves the caller's own (e.g. a
+    torch encoder consuming the tiles in the main thread) untouched. BLAS limits are
+    process-wide and are left alone: a global limit would also throttle the caller.
+    """
+    threadpool_limits(1, user_api="openmp")
 
 
 def release_free_memory() -> None:

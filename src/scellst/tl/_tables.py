@@ -8,6 +8,7 @@ import pandas as pd
 from spatialdata import SpatialData
 from spatialdata.models import TableModel
 
+from .._sdata import apply_matrix, cells_image_key, element_to_image_matrix
 from ..constants import CELL_ID, REGION_KEY, SPATIAL_OBSM, cells_table_key
 
 
@@ -19,6 +20,18 @@ def cells_table(sdata: SpatialData, cells_key: str) -> ad.AnnData:
             f"`sst.pp.segment(sdata, key_added={cells_key!r})` first, or pass `cells_key`."
         )
     return sdata.tables[key]
+
+
+def cells_on_image(
+    sdata: SpatialData, cells_key: str, image_key: str | None = None
+) -> tuple[ad.AnnData, str, np.ndarray, np.ndarray]:
+    """The cells table, the image to read them from (``image_key``, else the one they were
+    segmented on), the 3x3 matrix from the cell shapes' coordinates to that image's pixels and
+    the cells' centroids in those pixels."""
+    cells = cells_table(sdata, cells_key)
+    key = cells_image_key(sdata, cells, image_key)
+    matrix = element_to_image_matrix(sdata, cells_key, key)
+    return cells, key, matrix, apply_matrix(matrix, np.asarray(cells.obsm[SPATIAL_OBSM]))
 
 
 def result_table(

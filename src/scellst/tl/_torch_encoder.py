@@ -35,8 +35,11 @@ _WEIGHTS = "encoder_weights.pt"
 _FORMAT = "scellst-encoder"
 #: The TorchEncoder settings written by :meth:`SSLEncoder.save` (with the architecture).
 _SAVED_SETTINGS = (
-    "name", "mean", "std", "input_size_um", "input_px", "crop_size_um", "crop_mpp",
+    "name", "mean", "std", "normalization", "input_size_um", "input_px", "crop_size_um",
+    "crop_mpp",
 )  # fmt: skip
+#: How :class:`TorchEncoder` normalises the colour channels of its input.
+NORMALIZATIONS = ("fixed", "slide")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -61,9 +64,9 @@ class TorchEncoder:
 
     Each cell's crop (``crop_size_um`` at ``crop_mpp`` µm/px, read by ``embed``) is cut to its
     centre ``input_size_um``, resized to ``input_px`` pixels when that differs, scaled to [0, 1],
-    normalised per channel with ``mean``/``std`` and passed through the module in evaluation
-    mode, without gradients, ``batch_size`` crops at a time. On the CPU the result is
-    deterministic.
+    normalised per channel (with ``mean``/``std``, or with the slide's own colour statistics)
+    and passed through the module in evaluation mode, without gradients, ``batch_size`` crops
+    at a time. On the CPU the result is deterministic.
 
     Parameters
     ----------
@@ -77,6 +80,13 @@ class TorchEncoder:
         Architecture name for the provenance and feature names (default: the class name).
     mean, std
         Per-channel normalisation of RGB in [0, 1] (default: ImageNet's).
+    normalization
+        ``"fixed"`` (default): ``(x - mean) / std`` with the values above, the same for every
+        slide. ``"slide"``: with the mean and standard deviation of the slide's own tissue
+        pixels (``channel_stats``, computed by :func:`~scellst.tl.embed` for every slide), a
+        simple stain normalisation: each slide's colours are centred and scaled on its own, so
+        that a darker or paler staining moves the features less. An encoder trained with
+        ``train_encoder(normalization="slide")`` must be used this way.
     input_size_um
         Side of the crop centre fed to the network, in µm (paper: 12 µm).
     crop_size_um, crop_mpp
@@ -112,6 +122,7 @@ class TorchEncoder:
         arch: str | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        normalization: str = "fixed",
         input_size_um: float = INPUT_SIZE_UM,
         crop_size_um: float = CROP_SIZE_UM,
         crop_mpp: float = CROP_MPP,
@@ -133,6 +144,11 @@ class TorchEncoder:
         self.std = tuple(float(v) for v in std)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("`mean` and `std` need 3 values (R, G, B), with std > 0.")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}."
+            )
+        self.normalization = normalization
         self.input_size_um = float(input_size_um)
         self.crop_size_um = float(crop_size_um)
         self.crop_mpp = float(crop_mpp)
@@ -163,7 +179,11 @@ class TorchEncoder:
         out = {
             "architecture": self.arch,
             "weights_sha256": self.weights_sha256,
-            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "normalization": (
+                {"mean": list(self.mean), "std": list(self.std)}
+                if self.normalization == "fixed"
+                else {"per_slide": "mean/std of each slide's tissue pixels (channel_stats)"}
+            ),
             "input_size_um": self.input_size_um,
             "input_px": self.input_px,
             "torch_version": torch.__version__,
@@ -173,10 +193,17 @@ class TorchEncoder:
 
     def encode(self, batch: CropBatch) -> np.ndarray:
         """Features of the cells of ``batch``, shape ``(len(batch.index), dim)``, float32."""
-        return self.encode_images(batch.images, batch.mpp)
+        return self.encode_images(batch.images, batch.mpp, batch.channel_stats)
 
-    def encode_images(self, images: np.ndarray, mpp: float | None = None) -> np.ndarray:
-        """Features of ``(n, S, S, 3)`` uint8 RGB crops at ``mpp`` µm/px (default ``crop_mpp``)."""
+    def encode_images(
+        self, images: np.ndarray, mpp: float | None = None, channel_stats: dict | None = None
+    ) -> np.ndarray:
+        """Features of ``(n, S, S, 3)`` uint8 RGB crops at ``mpp`` µm/px (default ``crop_mpp``).
+
+        ``channel_stats`` (``{"mean": [r, g, b], "std": [r, g, b]}``, RGB in [0, 1]: the
+        slide's, as :func:`~scellst.tl.embed` computes them) is needed with
+        ``normalization="slide"`` and ignored otherwise.
+        """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Expected (n, S, S, 3) RGB crops, got shape {images.shape}.")
@@ -190,7 +217,7 @@ class TorchEncoder:
             )
         start = (side - centre) // 2
         images = images[:, start : start + centre, start : start + centre]
-        mean, std = self._norm
+        mean, std = self._norm_tensors(channel_stats)
         self.module.eval()
         out = []
         with torch.inference_mode():
@@ -229,6 +256,22 @@ class TorchEncoder:
             for v in (self.mean, self.std)
         )
         return self
+
+    def _norm_tensors(self, channel_stats: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(1, 3, 1, 1)`` mean and std to normalise with."""
+        if self.normalization == "fixed":
+            return self._norm
+        if not channel_stats or "mean" not in channel_stats or "std" not in channel_stats:
+            raise ValueError(
+                f"Encoder {self.name!r} normalises each slide with its own colour statistics "
+                "(normalization='slide'), but none came with the crops: use it through "
+                "sst.tl.embed, or pass channel_stats={'mean': [...], 'std': [...]} (RGB in "
+                "[0, 1], e.g. from scellst.tl._crops.slide_channel_stats)."
+            )
+        return tuple(
+            torch.tensor(channel_stats[k], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            for k in ("mean", "std")
+        )
 
     def __repr__(self) -> str:
         return (
@@ -339,7 +382,11 @@ class SSLEncoder(TorchEncoder):
             arch=payload["arch"],
             config=payload.get("config", {}),
             history=payload.get("history", {}),
-            **{key: payload[key] for key in _SAVED_SETTINGS},
+            # encoders saved before per-slide normalisation existed normalise "fixed"
+            **{
+                key: payload.get(key, "fixed") if key == "normalization" else payload[key]
+                for key in _SAVED_SETTINGS
+            },
             batch_size=batch_size,
             device=device,
         )

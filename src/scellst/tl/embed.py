@@ -12,17 +12,15 @@ from spatialdata import SpatialData
 from .._sdata import (
     add_element,
     apply_matrix,
-    cells_image_key,
     check_free,
-    element_to_image_matrix,
     image_level0,
     image_levels,
 )
-from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, SPATIAL_OBSM, UNS_KEY
+from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, UNS_KEY
 from ..io._scale import microns_per_pixel
 from ._crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops, slide_channel_stats
 from ._encoder import resolve_encoder
-from ._tables import cells_table, result_table
+from ._tables import cells_on_image, result_table
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +96,12 @@ def embed(
     >>> sdata["sst_embedding"].obsm["X_sst"].shape
     """
     check_free(sdata, [key_added], overwrite)
-    cells = cells_table(sdata, cells_key)
-    image_key = cells_image_key(sdata, cells, image_key)
+    cells, image_key, matrix, centroids = cells_on_image(sdata, cells_key, image_key)
     mpp = microns_per_pixel(sdata, image_key)
     enc = resolve_encoder(encoder, weights)
     crop_size_um = crop_size_um or getattr(enc, "crop_size_um", CROP_SIZE_UM)
     crop_mpp = crop_mpp or getattr(enc, "crop_mpp", CROP_MPP)
 
-    matrix = element_to_image_matrix(sdata, cells_key, image_key)
     geometry = sdata.shapes[cells_key].geometry.to_numpy()
     geometry = shapely.transform(geometry, lambda xy: apply_matrix(matrix, xy))
     if len(geometry) != cells.n_obs:
@@ -113,7 +109,6 @@ def embed(
             f"Cells table has {cells.n_obs} rows but {cells_key!r} has {len(geometry)} shapes; "
             "re-run sst.pp.segment."
         )
-    centroids = apply_matrix(matrix, np.asarray(cells.obsm[SPATIAL_OBSM]))
     if hasattr(enc, "prepare"):
         enc.prepare(geometry, centroids * mpp, mpp)
 

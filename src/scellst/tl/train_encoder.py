@@ -13,15 +13,18 @@ import torch
 from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
-from .._sdata import apply_matrix, cells_image_key, element_to_image_matrix, image_level0
-from ..constants import CELLS_KEY, SPATIAL_OBSM
+from .._sdata import (
+    image_level0,
+    image_levels,
+)
+from ..constants import CELLS_KEY
 from ..io._scale import microns_per_pixel
 from ..nn.augment import AugmentConfig, augment
 from ..nn.resnet import build_backbone, output_dim
 from ..nn.ssl import METHODS, SSLModel, momentum_at
-from ._crops import CROP_MPP, CROP_SIZE_UM, crop_pixels, iter_crops
-from ._tables import cells_table
-from ._torch_encoder import INPUT_SIZE_UM, SSLEncoder, resolve_device
+from ._crops import CROP_MPP, CROP_SIZE_UM, crop_pixels, iter_crops, slide_channel_stats
+from ._tables import cells_on_image
+from ._torch_encoder import INPUT_SIZE_UM, NORMALIZATIONS, SSLEncoder, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ def train_encoder(
     temperature: float = 0.2,
     momentum: float = 0.99,
     augmentation: AugmentConfig | dict | None = None,
+    normalization: str = "fixed",
     input_size_um: float = INPUT_SIZE_UM,
     crop_size_um: float = CROP_SIZE_UM,
     crop_mpp: float = CROP_MPP,
@@ -96,6 +100,13 @@ def train_encoder(
     augmentation
         Augmentation strengths (:class:`~scellst.nn.augment.AugmentConfig` or a dict of its
         fields).
+    normalization
+        ``"fixed"`` (default): every crop is normalised with the per-channel mean and standard
+        deviation of all training crops' centres, stored with the encoder and applied to
+        every slide it embeds. ``"slide"``: each crop with its own slide's colour statistics
+        (:func:`~scellst.tl.embed`'s ``channel_stats``, the tissue pixels of the slide), in
+        training and again for every slide embedded later (a simple per-slide stain
+        normalisation, see :class:`~scellst.tl.TorchEncoder`).
     input_size_um, crop_size_um, crop_mpp
         The network input (crop centre, µm) and the crops read (µm, µm/px). The network sees
         ``input_size_um / crop_mpp`` pixels (48 by default).
@@ -130,6 +141,8 @@ def train_encoder(
         raise ValueError("Need epochs >= 1, batch_size >= 2 and max_cells >= 2.")
     if input_size_um > crop_size_um:
         raise ValueError(f"input_size_um ({input_size_um}) > crop_size_um ({crop_size_um}).")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if isinstance(augmentation, dict) or augmentation is None:
         augmentation = AugmentConfig.from_dict(augmentation)
     sdatas = [sdatas] if isinstance(sdatas, SpatialData) else list(sdatas)
@@ -159,6 +172,14 @@ def train_encoder(
     if n < 2:
         raise ValueError(f"Only {n} cell(s) found in the slides: nothing to train on.")
     mean, std = channel_stats(crops, input_px)
+    if normalization == "slide":  # each crop's own slide's statistics, as embed will use
+        slide_of = np.repeat(np.arange(len(sdatas)), per_slide)
+        stats = [_slide_stats(s, cells_key, image_key) for s in sdatas]
+        crop_mean = np.array([stats[i]["mean"] for i in slide_of], np.float32)
+        crop_std = np.array([stats[i]["std"] for i in slide_of], np.float32)
+    else:
+        crop_mean = np.broadcast_to(np.asarray(mean, np.float32), (n, 3))
+        crop_std = np.broadcast_to(np.asarray(std, np.float32), (n, 3))
 
     hidden, out_dim = (4096, 256) if dim >= 1024 else (1024, 128)
     model = SSLModel(backbone, dim, method, hidden, out_dim, temperature).to(dev)
@@ -176,8 +197,8 @@ def train_encoder(
 
     g = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(crops)  # uint8 (n, S, S, 3)
-    mean_t = torch.tensor(mean, device=dev)
-    std_t = torch.tensor(std, device=dev)
+    mean_t = torch.tensor(np.ascontiguousarray(crop_mean), device=dev)
+    std_t = torch.tensor(np.ascontiguousarray(crop_std), device=dev)
     history: dict[str, list[float]] = {"loss": [], "step_loss": [], "lr": [], "epoch_seconds": []}
     t_start = time.perf_counter()
     model.train()
@@ -188,10 +209,11 @@ def train_encoder(
         perm = torch.randperm(n, generator=g)
         losses = []
         for b in range(steps_per_epoch):
-            x = data[perm[b * batch : (b + 1) * batch]].to(dev, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).contiguous()
-            v1 = augment(x, input_px, augmentation, g, mean_t, std_t)
-            v2 = augment(x, input_px, augmentation, g, mean_t, std_t)
+            rows = perm[b * batch : (b + 1) * batch]
+            x = data[rows].to(dev, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+            m, s = mean_t[rows.to(dev)], std_t[rows.to(dev)]
+            v1 = augment(x, input_px, augmentation, g, m, s)
+            v2 = augment(x, input_px, augmentation, g, m, s)
             rate = lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = rate
@@ -240,7 +262,7 @@ def train_encoder(
         "device": dev.type,
         "amp": use_amp,
         "train_seconds": round(seconds, 2),
-        "normalization": "per-channel mean/std of the training crops' centres",
+        "normalization": normalization,
     }
     log.info(
         "train_encoder: %s %s on %d cells, %d epochs, final loss %.4f, %.0f s",
@@ -258,6 +280,7 @@ def train_encoder(
         history=history,
         mean=mean,
         std=std,
+        normalization=normalization,
         input_size_um=input_size_um,
         crop_size_um=crop_size_um,
         crop_mpp=crop_mpp,
@@ -267,6 +290,12 @@ def train_encoder(
     if out_dir is not None:
         encoder.save(out_dir, overwrite=True)
     return encoder
+
+
+def _slide_stats(sdata: SpatialData, cells_key: str, image_key: str | None) -> dict:
+    """The slide's colour statistics, computed as :func:`~scellst.tl.embed` computes them."""
+    _, key, _, centroids = cells_on_image(sdata, cells_key, image_key)
+    return slide_channel_stats(image_levels(sdata, key), points_xy=centroids)
 
 
 def sample_crops(
@@ -288,10 +317,7 @@ def sample_crops(
     """
     sources = []
     for sdata in sdatas:
-        cells = cells_table(sdata, cells_key)
-        key = cells_image_key(sdata, cells, image_key)
-        matrix = element_to_image_matrix(sdata, cells_key, key)
-        centroids = apply_matrix(matrix, np.asarray(cells.obsm[SPATIAL_OBSM]))
+        _, key, _, centroids = cells_on_image(sdata, cells_key, image_key)
         sources.append((sdata, key, centroids))
     sizes = np.array([len(c) for _, _, c in sources])
     total = int(sizes.sum())
