@@ -150,7 +150,7 @@ def _nanmean(x) -> float:
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
 
-def _spot_subset(bags: SlideBags, spots: Sequence | None) -> np.ndarray:
+def spot_subset(bags: SlideBags, spots: Sequence | None) -> np.ndarray:
     if spots is None:
         return np.ones(bags.spots.n_obs, bool)
     wanted = pd.Index(list(spots))
@@ -189,15 +189,27 @@ def _spot_predictions_from_table(table: ad.AnnData, info: dict, bags: SlideBags)
     return spot_predictions(cells, bags.bag, bags.spots.n_obs, info["model"])
 
 
-def _evaluate_spots(
-    sdata, model, *, spots, genes, table_key, embedding_key, cells_key, spots_key, min_spot_counts
-) -> pd.DataFrame:
+def slide_spot_predictions(
+    sdata: SpatialData,
+    model=None,
+    *,
+    table_key: str = EXPRESSION_KEY,
+    embedding_key: str = EMBEDDING_KEY,
+    cells_key: str = CELLS_KEY,
+    spots_key: str | None = None,
+    min_spot_counts: int = 20,
+) -> tuple[SlideBags, np.ndarray, list[str]]:
+    """The spots of a slide and their predictions, pooled from the cells as in training.
+
+    From ``model`` (predicting the embedding's cells) or, without it, from the prediction
+    table ``table_key`` of :func:`~scellst.tl.predict` with the model settings it stores
+    (:func:`spot_predictions`). Returns the slide's bags (kept spots: with cells and
+    ``min_spot_counts`` counts), the kept spots × predicted genes predictions and the
+    predicted genes.
+    """
     if model is None:
         table, info = _prediction_info(sdata, table_key)
         embedding_key = info.get("embedding_key", embedding_key)
-        predicted_genes = list(table.var_names)
-    else:
-        predicted_genes = model.genes
     bags = slide_bags(
         sdata,
         cells_key=cells_key,
@@ -205,18 +217,31 @@ def _evaluate_spots(
         spots_key=spots_key,
         min_counts=min_spot_counts,
     )
-    if model is None:
-        if table.n_obs != len(sdata.tables[embedding_key]):
-            raise ValueError(
-                f"Table {table_key!r} has {table.n_obs} cells but the embedding has "
-                f"{len(sdata.tables[embedding_key])}; predict again."
-            )
-        pred = _spot_predictions_from_table(table, info, bags)
-    else:
-        pred = model.predict_spots(bags.features, bags.bag, bags.spots.n_obs)
+    if model is not None:
+        return bags, model.predict_spots(bags.features, bags.bag, bags.spots.n_obs), model.genes
+    if table.n_obs != len(sdata.tables[embedding_key]):
+        raise ValueError(
+            f"Table {table_key!r} has {table.n_obs} cells but the embedding has "
+            f"{len(sdata.tables[embedding_key])}; predict again."
+        )
+    return bags, _spot_predictions_from_table(table, info, bags), list(table.var_names)
+
+
+def _evaluate_spots(
+    sdata, model, *, spots, genes, table_key, embedding_key, cells_key, spots_key, min_spot_counts
+) -> pd.DataFrame:
+    bags, pred, predicted_genes = slide_spot_predictions(
+        sdata,
+        model,
+        table_key=table_key,
+        embedding_key=embedding_key,
+        cells_key=cells_key,
+        spots_key=spots_key,
+        min_spot_counts=min_spot_counts,
+    )
     keep_genes, missing = _genes_to_score(predicted_genes, bags.spots.var_names, genes)
     idx = [predicted_genes.index(g) for g in keep_genes]
-    mask = _spot_subset(bags, spots)
+    mask = spot_subset(bags, spots)
     result = score_genes(pred[mask][:, idx], measured_spots(bags, keep_genes)[mask], keep_genes)
     result.attrs.update(
         level="spot", n_spots=int(mask.sum()), missing_genes=missing, spots=bags.skipped()
