@@ -40,9 +40,7 @@ def main() -> None:
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     p.add_argument("--cells", type=int, default=6000, help="cells drawn for SSL training")
     p.add_argument("--epochs", type=int, default=5, help="SSL training epochs")
-    p.add_argument(
-        "--encoders", nargs="+", default=["morphology", "ssl", "resnet18", "resnet50"]
-    )
+    p.add_argument("--encoders", nargs="+", default=["morphology", "ssl", "resnet18", "resnet50"])
     p.add_argument("--device", default="auto", help="torch device of the CNN encoders")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

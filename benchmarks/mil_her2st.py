@@ -25,14 +25,27 @@ deviation, 10/50/90th percentiles (10), fraction of tissue pixels (1), mean grad
 and standard deviation of the Laplacian of the grey image at 1x and 4x downsampling (4) and the
 mean optical density (1) — i.e. what a
 patch-level model can read from the spot without seeing cells individually. With another
-``--encoder`` the cell part uses that encoder's embeddings; a patch-level embedding of the whole
-spot by a torch encoder is not implemented here.
+``--encoder`` the cell part uses that encoder's embeddings.
+
+With a torch encoder (a saved ``sst.tl.train_encoder`` folder, a torchvision name with
+``--weights``, or ``ssl``) a second baseline, ``patch_cnn``, embeds the spot's image itself with
+the same network, without segmentation: the spot disk is tiled by squares of the network's
+input size (12 µm at 0.25 µm/px by default; a tile belongs to the spot when its centre is in the
+disk, ~55 per 100 µm spot), each tile is embedded, and the mean and standard deviation of the
+tile embeddings over the spot -> standardised -> RidgeCV.
+
+``--encoder ssl`` trains a self-supervised encoder (``sst.tl.train_encoder`` defaults, MoCo v3,
+``--ssl-cells`` cells, ``--ssl-epochs`` epochs) for each fold **on the training sections of
+that fold only** (the held-out section's images are never seen in training, unlike sCellST,
+whose SSL encoder also trained on its test slides), then embeds every section of the fold
+with it. ``--ssl-normalization slide`` trains and embeds with per-slide colour statistics.
 
 Wall time and peak RSS are measured per fold (fit + scoring of all methods).
 
 Usage: python benchmarks/mil_her2st.py [--shared ../shared] [--genes 50 250]
        [--sections C2 C3 C4 C5] [--cross B4] [--encoder morphology] [--cache DIR]
        [--spaces linear log] [--torch-threads 1] [--json out]
+       [--ssl-cells 6000 --ssl-epochs 5 --ssl-normalization fixed|slide]
 """
 
 from __future__ import annotations
@@ -58,7 +71,10 @@ from _measure import measure
 
 import scellst as sst
 from scellst._sdata import image_level0, read_rgb
+from scellst.io._scale import microns_per_pixel
 from scellst.pp.assign import spot_geometry
+from scellst.tl._crops import iter_crops
+from scellst.tl._encoder import resolve_encoder
 from scellst.tl._evaluate import score_genes
 from scellst.tl._spots import measured_spots, slide_bags
 
@@ -66,7 +82,11 @@ BAG_KW = dict(cells_key="sst_cells", embedding_key="sst_embedding", spots_key=No
 
 
 def prepare(root: Path, name: str, encoder: str, weights: str | None, cache: Path | None):
-    """read_hest -> segment -> assign_cells -> embed, or the cached result of a previous run."""
+    """read_hest -> segment -> assign_cells -> embed, or the cached result of a previous run.
+
+    ``encoder="ssl"``: embedded with the morphology features for now; each fold re-embeds.
+    """
+    encoder = "morphology" if encoder == "ssl" else encoder
     path = cache / f"{name}_{encoder.replace('/', '_')}.zarr" if cache else None
     if path is not None and path.exists():
         return sd.read_zarr(path), 0.0
@@ -108,6 +128,46 @@ def patch_descriptor(sdata, bags) -> np.ndarray:
     return np.column_stack([mean, std, np.log1p(counts), np.array(texture)])
 
 
+def patch_cnn_descriptor(sdata, bags, encoder) -> np.ndarray:
+    """Per kept spot: mean and SD of the embeddings of the encoder-input-sized tiles covering
+    the spot disk (the spot's image embedded by the same network, without segmentation)."""
+    ids, centres, radii = spot_geometry(sdata, bags.spots_key, "he")
+    where = pd.Index(ids).get_indexer(bags.instance)
+    mpp = microns_per_pixel(sdata, "he")
+    step = encoder.input_size_um / mpp  # tile side in slide pixels
+    points, owner = [], []
+    for k, ((cx, cy), r) in enumerate(zip(centres[where], radii[where], strict=True)):
+        m = int(np.ceil(r / step))
+        off = np.arange(-m, m + 1) * step
+        gx, gy = np.meshgrid(off, off)
+        keep = gx**2 + gy**2 <= r**2
+        points.append(np.column_stack([cx + gx[keep], cy + gy[keep]]))
+        owner.append(np.full(int(keep.sum()), k))
+    points, owner = np.vstack(points), np.concatenate(owner)
+    emb = np.zeros((len(points), encoder.dim), np.float32)
+    stats = sdata["sst_embedding"].uns["scellst"]["embedding"]["channel_stats"]
+    for batch in iter_crops(
+        image_level0(sdata, "he"), mpp, points, crop_size_um=encoder.input_size_um,
+        crop_mpp=encoder.crop_mpp, masks=False, channel_stats=stats, progress=False,
+    ):  # fmt: skip
+        emb[batch.index] = encoder.encode(batch)
+    n = bags.spots.n_obs
+    count = np.bincount(owner, minlength=n)[:, None].astype(np.float64)
+    mean = np.zeros((n, emb.shape[1]))
+    np.add.at(mean, owner, emb)
+    mean /= count
+    sq = np.zeros_like(mean)
+    np.add.at(sq, owner, emb.astype(np.float64) ** 2)
+    return np.column_stack([mean, np.sqrt(np.maximum(sq / count - mean**2, 0))])
+
+
+def ridge_scores(X_train, y_train, X_test, measured, genes):
+    """Standardise -> RidgeCV (alpha by leave-one-out) -> scores on the held-out spots."""
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
+    ridge.fit(X_train, y_train)
+    return score_genes(ridge.predict(X_test), measured, genes), float(ridge[-1].alpha_)
+
+
 def _colour_texture(rgb: np.ndarray, disk: np.ndarray) -> list[float]:
     px = rgb[disk].astype(np.float64) / 255
     hed = rgb2hed(rgb)
@@ -127,8 +187,10 @@ def _colour_texture(rgb: np.ndarray, disk: np.ndarray) -> list[float]:
     return out
 
 
-def fold_scores(train_bags, test_bag, train_sdatas, test_sdata, models: dict) -> dict:
-    """MIL (one model per setting), patch and mean baselines on the held-out spots, same genes."""
+def fold_scores(train_bags, test_bag, train_sdatas, test_sdata, models: dict, encoder=None) -> dict:
+    """MIL (one model per setting), patch and mean baselines on the held-out spots, same genes.
+
+    ``encoder``: a torch encoder, for the ``patch_cnn`` baseline (none with morphology)."""
     genes = next(iter(models.values())).genes
     measured = measured_spots(test_bag, genes)
     out = {}
@@ -140,18 +202,25 @@ def fold_scores(train_bags, test_bag, train_sdatas, test_sdata, models: dict) ->
         [patch_descriptor(s, b) for s, b in zip(train_sdatas, train_bags, strict=True)]
     )
     y_train = np.vstack([measured_spots(b, genes) for b in train_bags])
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
-    ridge.fit(X_train, y_train)
-    out["patch"] = score_genes(
-        ridge.predict(patch_descriptor(test_sdata, test_bag)), measured, genes
+    out["patch"], out["alpha"] = ridge_scores(
+        X_train, y_train, patch_descriptor(test_sdata, test_bag), measured, genes
     )
+    if encoder is not None:
+        X_cnn = np.vstack(
+            [
+                patch_cnn_descriptor(s, b, encoder)
+                for s, b in zip(train_sdatas, train_bags, strict=True)
+            ]
+        )
+        out["patch_cnn"], out["alpha_cnn"] = ridge_scores(
+            X_cnn, y_train, patch_cnn_descriptor(test_sdata, test_bag, encoder), measured, genes
+        )
     const = np.broadcast_to(y_train.mean(0), measured.shape)
     out["mean"] = score_genes(const, measured, genes)
-    out["alpha"] = float(ridge[-1].alpha_)
     return out
 
 
-def run_fold(names, test, slides, bags, n_genes, spaces, rows):
+def run_fold(names, test, slides, bags, n_genes, spaces, rows, encoder=None, extra=None):
     res: dict = {}
     train = [n for n in names if n != test]
     models, cvs = {}, {}
@@ -165,8 +234,9 @@ def run_fold(names, test, slides, bags, n_genes, spaces, rows):
             )
             models[f"mil_{space}"] = cvs[space].models[test]
         scores = fold_scores(
-            [bags[n] for n in train], bags[test], [slides[n] for n in train], slides[test], models
-        )
+            [bags[n] for n in train], bags[test], [slides[n] for n in train], slides[test], models,
+            encoder,
+        )  # fmt: skip
     r = res[f"{test} hvg:{n_genes}"]
     first = models[f"mil_{spaces[0]}"]
     row = {
@@ -178,6 +248,8 @@ def run_fold(names, test, slides, bags, n_genes, spaces, rows):
         "seconds": r["seconds"],
         "peak_rss_gb": r["peak_rss_gb"],
         "ridge_alpha": scores.pop("alpha"),
+        **({"ridge_alpha_cnn": scores.pop("alpha_cnn")} if "alpha_cnn" in scores else {}),
+        **(extra or {}),
     }
     for space in spaces:
         row[f"mil_{space}_epochs"] = models[f"mil_{space}"].config["epochs_run"]
@@ -196,13 +268,46 @@ def run_fold(names, test, slides, bags, n_genes, spaces, rows):
         f"mse={row[f'mil_{sp}_mse']:.3f} ({row[f'mil_{sp}_epochs']} ep)"
         for sp in spaces
     )
+    cnn = (
+        f" | patch_cnn r={row['patch_cnn_pearson']:.3f} mse={row['patch_cnn_mse']:.3f}"
+        if "patch_cnn_pearson" in row
+        else ""
+    )
     print(
         f"{test:4s} hvg:{n_genes:<4d} spots {row['n_train_spots']:4d}->{row['n_test_spots']:3d}  "
         f"{mil} | patch r={row['patch_pearson']:.3f} rho={row['patch_spearman']:.3f} "
-        f"mse={row['patch_mse']:.3f} | mean mse={row['mean_mse']:.3f} | "
+        f"mse={row['patch_mse']:.3f}{cnn} | mean mse={row['mean_mse']:.3f} | "
         f"{row['seconds']:.0f} s {row['peak_rss_gb']:.2f} GB",
         flush=True,
     )
+
+
+def fold_encoder(names, test, slides, bags, args):
+    """Train an SSL encoder on the fold's training sections, embed all the fold's sections."""
+    train = [n for n in names if n != test]
+    res: dict = {}
+    with measure(res, f"ssl {test}"):
+        enc = sst.tl.train_encoder(
+            [slides[n] for n in train], max_cells=args.ssl_cells, epochs=args.ssl_epochs,
+            normalization=args.ssl_normalization, progress=False,
+        )  # fmt: skip
+    with measure(res, f"embed {test}"):
+        for n in names:
+            sst.tl.embed(slides[n], encoder=enc, progress=False, overwrite=True)
+            bags[n] = slide_bags(slides[n], **BAG_KW)
+    extra = {
+        "ssl_train_seconds": res[f"ssl {test}"]["seconds"],
+        "ssl_embed_seconds": res[f"embed {test}"]["seconds"],
+        "ssl_final_loss": enc.history["loss"][-1],
+    }
+    print(
+        f"fold {test}: SSL encoder trained on {','.join(train)} ({enc.config['n_cells']} cells x "
+        f"{args.ssl_epochs} epochs, {args.ssl_normalization} normalisation) in "
+        f"{extra['ssl_train_seconds']:.0f} s; {len(names)} sections embedded in "
+        f"{extra['ssl_embed_seconds']:.0f} s",
+        flush=True,
+    )
+    return enc, extra
 
 
 def main() -> None:
@@ -211,7 +316,14 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"])
     p.add_argument("--cross", nargs="*", default=["B4"], help="other-patient test sections")
     p.add_argument("--genes", type=int, nargs="+", default=[50, 250])
-    p.add_argument("--encoder", default="morphology", help="passed to sst.tl.embed")
+    p.add_argument(
+        "--encoder",
+        default="morphology",
+        help="passed to sst.tl.embed; 'ssl': a MoCo encoder trained per fold on its training sections",
+    )
+    p.add_argument("--ssl-cells", type=int, default=6000, help="with --encoder ssl")
+    p.add_argument("--ssl-epochs", type=int, default=5, help="with --encoder ssl")
+    p.add_argument("--ssl-normalization", default="fixed", choices=["fixed", "slide"])
     p.add_argument("--weights", default=None, help="weights file for a torch encoder")
     p.add_argument("--cache", type=Path, default=None, help="keep segmented slides here")
     p.add_argument("--spaces", nargs="+", default=["linear", "log"], help="MIL MSE pooling")
@@ -239,12 +351,18 @@ def main() -> None:
             f"({len(bags[name].features)} cells in them), prepared in {seconds:.0f} s",
             flush=True,
         )
+    encoder = None
+    if args.encoder not in ("morphology", "ssl"):
+        encoder = resolve_encoder(args.encoder, args.weights)
     rows: list[dict] = []
-    for n_genes in args.genes:
-        for test in args.sections:
-            run_fold(args.sections, test, slides, bags, n_genes, args.spaces, rows)
-        for test in args.cross:
-            run_fold([*args.sections, test], test, slides, bags, n_genes, args.spaces, rows)
+    folds = [(args.sections, t) for t in args.sections]
+    folds += [([*args.sections, t], t) for t in args.cross]
+    for names, test in folds:
+        extra = {}
+        if args.encoder == "ssl":  # an encoder that never saw the held-out section
+            encoder, extra = fold_encoder(names, test, slides, bags, args)
+        for n_genes in args.genes:
+            run_fold(names, test, slides, bags, n_genes, args.spaces, rows, encoder, extra)
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", None)

@@ -26,10 +26,17 @@ def as_image(rgb: np.ndarray, chunks: int | None = None) -> xr.DataArray:
 
 
 def crops_of(img, mpp, xy, polygons=None, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All crops, masks and padded flags, in cell order."""
+    """All crops, masks and padded flags, in cell order.
+
+    ``xy`` and ``polygons`` in OpenCV's pixel frame (pixel centres at integers, as the checks
+    below with cv2 use), given to iter_crops in SpatialData's (centres at +0.5)."""
     kwargs.setdefault("progress", False)
     kwargs.setdefault("masks", polygons is not None)
-    batches = list(iter_crops(img, mpp, xy, polygons, **kwargs))
+    if polygons is not None:
+        shifted = np.empty(len(polygons), dtype=object)
+        shifted[:] = [None if r is None else r + 0.5 for r in polygons]
+        polygons = shifted
+    batches = list(iter_crops(img, mpp, np.asarray(xy) + 0.5, polygons, **kwargs))
     n = len(xy)
     side = batches[0].images.shape[1]
     images = np.zeros((n, side, side, 3), np.uint8)
@@ -157,6 +164,30 @@ def test_masks_follow_the_polygon_and_are_optional(slide):
         next(iter_crops(as_image(rgb), 0.5, xy[:5], None, progress=False))
     with pytest.raises(ValueError, match="crop_mpp"):
         next(iter_crops(as_image(rgb), 0.5, xy[:5], None, crop_mpp=0, masks=False))
+
+
+def test_crops_are_centred_in_spatialdatas_pixel_frame():
+    """A one-pixel nucleus at pixel (row 40, column 30): its polygon is the pixel's square,
+    its centroid (30.5, 40.5); at the slide's resolution, with an odd crop, that pixel is the
+    crop's centre pixel and the mask is exactly that pixel."""
+    rgb = np.full((80, 80, 3), 230, np.uint8)
+    rgb[40, 30] = 0
+    square = np.array([[30.0, 40.0], [31.0, 40.0], [31.0, 41.0], [30.0, 41.0]])
+    polygons = np.empty(1, dtype=object)
+    polygons[0] = square
+    batch = next(
+        iter_crops(
+            as_image(rgb), 0.5, np.array([[30.5, 40.5]]), polygons, crop_size_um=18.5,
+            crop_mpp=0.5, progress=False,
+        )
+    )  # fmt: skip
+    assert batch.images.shape[1] == 37
+    assert (batch.images[0, 18, 18] == 0).all() and (batch.images[0].min(-1) == 0).sum() == 1
+    assert batch.masks[0].sum() == 1 and batch.masks[0, 18, 18]  # neither moved nor inflated
+    from scellst.tl._crops import crop_boxes
+
+    left, top, side = crop_boxes(np.array([[30.5, 40.5]]), 0.5, 18.5, 0.5)
+    assert (left[0], top[0], side) == (12.0, 22.0, 37.0)  # pixel 30 - 18 .. 30 + 18, edges
 
 
 @pytest.mark.parametrize("image_mpp, crop_mpp", [(0.25, 0.5), (0.3, 0.5), (0.125, 0.25)])

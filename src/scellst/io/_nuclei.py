@@ -56,6 +56,11 @@ def read_nuclei(
     None
         Adds ``sdata[key_added]``: one polygon per nucleus (MultiPolygon features, which group
         several nuclei, are split), with the image's transformations.
+
+    Examples
+    --------
+    >>> sst.io.read_nuclei("cellvit_seg/SPA141_cellvit_seg.geojson", sdata, key_added="cellvit")
+    >>> sst.pp.segment(sdata, shapes_key="cellvit")  # cells from these polygons, class kept
     """
     path = Path(path)
     if not path.is_file():

@@ -86,6 +86,18 @@ def set_microns_per_pixel(
         Pixel size in µm (positive, finite).
     overwrite
         Replace an existing, different scale. Without it a conflicting scale raises.
+
+    Returns
+    -------
+    None
+        Sets the element's transformation to the ``"microns"`` coordinate system.
+
+    Examples
+    --------
+    >>> sdata = sst.io.read_image("slide.tif")  # a TIFF without a resolution tag
+    >>> sst.io.set_microns_per_pixel(sdata, "he", 0.25)
+    >>> sst.io.microns_per_pixel(sdata, "he")
+    0.25
     """
     mpp = float(microns_per_pixel)
     if not np.isfinite(mpp) or mpp <= 0:

@@ -20,6 +20,17 @@ def write_zarr(sdata: SpatialData, path: str | Path, *, overwrite: bool = False)
         Destination ``.zarr`` directory.
     overwrite
         Replace an existing store; without it an existing path raises ``FileExistsError``.
+
+    Returns
+    -------
+    None
+        Read the store back with :func:`spatialdata.read_zarr`.
+
+    Examples
+    --------
+    >>> sst.io.write_zarr(sdata, "result.zarr")
+    >>> import spatialdata as sd
+    >>> sdata = sd.read_zarr("result.zarr")
     """
     path = Path(path)
     if path.exists():

@@ -15,7 +15,7 @@ from spatialdata import SpatialData
 
 from .._sdata import apply_matrix, cells_image_key
 from ..constants import CELLS_KEY, SPATIAL_OBSM
-from ..tl._crops import CROP_SIZE_UM, CropGeometry, crop_pixels, exterior_coords, iter_crops
+from ..tl._crops import CROP_SIZE_UM, crop_boxes, crop_pixels, exterior_coords, iter_crops
 from ..tl._tables import cells_table
 from ._color import cell_values
 from ._figure import finish, grid_axes
@@ -124,12 +124,7 @@ def gallery(
         progress=False,
     ):
         crops[batch.index] = batch.images
-    # where the crops lie (image pixels whose edges are at integers, as the polygons):
-    # iter_crops places crop pixel j's centre at start + j / scale, pixel centres at integers
-    geo = CropGeometry(crops.shape[1], mpp / crop_mpp)
-    left = geo.place(centres[:, 0])[2] + 0.5 - 0.5 / geo.scale
-    top = geo.place(centres[:, 1])[2] + 0.5 - 0.5 / geo.scale
-    side = geo.out / geo.scale
+    left, top, side = crop_boxes(centres, mpp, crop_size_um, crop_mpp)
     geoms = sdata.shapes[cells_key].geometry.to_numpy()[cells]
     rings = exterior_coords(shapely.transform(geoms, lambda p: apply_matrix(to_px, p)))
     ids = sdata.shapes[cells_key].index[cells]

@@ -177,6 +177,12 @@ class CellposeSegmenter:
     The network runs on one tile at a time (a lock; on CPU torch already uses every core, on a
     GPU one model serves all tiles), while reading tiles and tracing polygons run in parallel.
     Each tile is normalised by cellpose (1st–99th percentile per channel).
+
+    Examples
+    --------
+    >>> seg = sst.pp.CellposeSegmenter("/models/cpsam_v2", device="cuda")  # a local file
+    >>> sst.pp.segment(sdata, method=seg)
+    >>> sst.pp.segment(sdata, method="cellpose", key_added="cp")  # $CELLPOSE_LOCAL_MODELS_PATH
     """
 
     name = "cellpose"

@@ -19,7 +19,14 @@ from ._stains import TISSUE_OD, hematoxylin, total_od
 
 @dataclass
 class WatershedParams:
-    """Parameters of the classical segmentation, in µm (or µm²)."""
+    """Parameters of the classical segmentation, in µm (or µm²).
+
+    Examples
+    --------
+    >>> sst.pp.WatershedParams().min_area_um2  # defaults, in µm²
+    8.0
+    >>> sst.pp.segment(sdata, params={"min_area_um2": 12.0, "min_seed_distance_um": 2.5})
+    """
 
     #: Gaussian smoothing of the hematoxylin channel before thresholding.
     smooth_um: float = 0.5

@@ -58,6 +58,12 @@ def assign_cells(
     None
         Adds ``obs[key_added]`` to the cells table and records the spots element in
         ``uns["scellst"]["assignment"]``.
+
+    Examples
+    --------
+    >>> sst.pp.segment(sdata)
+    >>> sst.pp.assign_cells(sdata)
+    >>> (sdata["sst_cells_table"].obs["spot"] >= 0).mean()  # fraction of cells in a spot
     """
     table_key = cells_table_key(cells_key)
     if table_key not in sdata.tables:

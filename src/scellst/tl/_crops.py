@@ -41,11 +41,28 @@ CROP_MPP = 0.25
 _CHUNK = 128
 #: Storage chunks larger than this (pixels) are read in part and never cached.
 _CACHE_MAX_PIXELS = 4096 * 4096
+#: SpatialData's pixel frame (the polygons, centroids and spots of scellst) puts the centre of
+#: pixel (row r, column c) at (c + 0.5, r + 0.5); OpenCV, and the resampling here, at (c, r).
+_PIXEL_CENTRE = 0.5
 
 
 @dataclass
 class CropBatch:
-    """Crops of a set of cells, all at the same physical size and resolution."""
+    """Crops of a set of cells, all at the same physical size and resolution.
+
+    What an :class:`~scellst.tl.Encoder`'s ``encode`` receives from :func:`~scellst.tl.embed`.
+
+    Examples
+    --------
+    >>> class MeanColour:  # a minimal encoder
+    ...     name = "mean_colour"
+    ...     needs_masks = False
+    ...     def feature_names(self):
+    ...         return ["r", "g", "b"]
+    ...     def encode(self, batch):  # batch: a CropBatch
+    ...         return batch.images.reshape(len(batch.index), -1, 3).mean(1)
+    >>> sst.tl.embed(sdata, encoder=MeanColour(), key_added="colour")
+    """
 
     #: Positions of the cells in the cells table.
     index: np.ndarray
@@ -168,9 +185,10 @@ def iter_crops(
     image_mpp
         µm per pixel of ``img``.
     centroids_xy
-        ``(n, 2)`` nucleus centroids in ``img`` pixels (pixel centres at integers).
+        ``(n, 2)`` nucleus centroids in ``img`` pixels, in SpatialData's pixel frame (the frame
+        of the cell polygons: pixel ``(r, c)`` covers ``[c, c + 1] x [r, r + 1]``).
     polygons
-        ``(n,)`` object array of ``(k, 2)`` exterior rings in ``img`` pixels (``None`` for no
+        ``(n,)`` object array of ``(k, 2)`` exterior rings in the same frame (``None`` for no
         polygon), rasterised into the masks; may be ``None`` when ``masks=False``.
     crop_size_um, crop_mpp
         Crop side in µm and its resolution in µm/px, whatever the slide's resolution.
@@ -200,7 +218,7 @@ def iter_crops(
     geo = CropGeometry(crop_pixels(crop_size_um, crop_mpp), float(image_mpp) / float(crop_mpp))
     out, patch = geo.out, geo.patch
     h, w = int(img.sizes["y"]), int(img.sizes["x"])
-    xy = np.asarray(centroids_xy, dtype=float).reshape(-1, 2)
+    xy = np.asarray(centroids_xy, dtype=float).reshape(-1, 2) - _PIXEL_CENTRE
     if masks and polygons is None:
         raise ValueError("`masks=True` needs the cell `polygons`.")
     ox, kx, sx = geo.place(xy[:, 0])
@@ -384,20 +402,49 @@ def _resample(
         dst[i] = along_y[ky[i] : ky[i] + out, i * out : (i + 1) * out]
 
 
+def crop_boxes(
+    centroids_xy: np.ndarray, image_mpp: float, crop_size_um: float, crop_mpp: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where the crops of :func:`iter_crops` lie on the slide: the left and top edges of each
+    crop (``(n,)`` each) and the side of every crop, in image pixels of SpatialData's frame."""
+    geo = CropGeometry(crop_pixels(crop_size_um, crop_mpp), float(image_mpp) / float(crop_mpp))
+    xy = np.asarray(centroids_xy, dtype=float).reshape(-1, 2) - _PIXEL_CENTRE
+    # crop pixel j is centred at start + j / scale (OpenCV frame); its left edge half a crop
+    # pixel before, and SpatialData's frame half a slide pixel after
+    edge = _PIXEL_CENTRE - 0.5 / geo.scale
+    return geo.place(xy[:, 0])[2] + edge, geo.place(xy[:, 1])[2] + edge, geo.out / geo.scale
+
+
 def _rasterise(
     polygons: np.ndarray, start_x: np.ndarray, start_y: np.ndarray, geo: CropGeometry
 ) -> np.ndarray:
-    """(n, S, S) bool masks: each polygon drawn in its crop (1/16-pixel vertex precision)."""
+    """(n, S, S) bool masks: each polygon drawn in its crop (1/16-pixel vertex precision).
+
+    ``cv2.fillPoly`` also fills the pixels its outline passes through, which inflates a small
+    nucleus by about a quarter of its area; each ring is first shrunk towards its centre by
+    half a crop pixel (in equivalent radius), which leaves the masks unbiased to within ~2 %.
+    """
     out = geo.out
     masks = np.zeros((len(polygons), out, out), np.uint8)
     cells = [k for k, r in enumerate(polygons) if r is not None and len(r) >= 3]
     if cells:
         rings = [polygons[k] for k in cells]
-        bounds = np.cumsum([0] + [len(r) for r in rings]).tolist()
-        origin = np.column_stack([start_x[cells], start_y[cells]])
-        origin = np.repeat(origin, np.diff(bounds), axis=0)
-        pts = np.concatenate(rings)[:, :2] - origin
-        pts = np.round(pts * (geo.scale * 16)).astype(np.int32)
+        lengths = np.array([len(r) for r in rings])
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        starts = bounds[:-1]
+        origin = np.repeat(np.column_stack([start_x[cells], start_y[cells]]), lengths, axis=0)
+        pts = (np.concatenate(rings)[:, :2] - _PIXEL_CENTRE - origin) * geo.scale  # crop px
+        # equivalent radius (shoelace area) and vertex mean of each ring
+        nxt = np.arange(len(pts)) + 1
+        nxt[bounds[1:] - 1] = starts
+        cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
+        radius = np.sqrt(np.abs(np.add.reduceat(cross, starts)) / (2 * np.pi))
+        centre = np.add.reduceat(pts, starts, axis=0) / lengths[:, None]
+        factor = np.clip(1 - 0.5 / np.maximum(radius, 1e-9), 0, 1)
+        rep = np.repeat(np.arange(len(rings)), lengths)
+        pts = centre[rep] + (pts - centre[rep]) * factor[rep, None]
+        pts = np.round(pts * 16).astype(np.int32)
+        bounds = bounds.tolist()
         for j, k in enumerate(cells):
             cv2.fillPoly(masks[k], [pts[bounds[j] : bounds[j + 1]]], 1, shift=4)
     return masks.view(bool)

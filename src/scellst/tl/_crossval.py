@@ -34,6 +34,12 @@ class CrossValidation:
         ``n``.
     models
         The model of each fold, by held-out slide.
+
+    Examples
+    --------
+    >>> cv = sst.tl.leave_one_slide_out({"C2": c2, "C3": c3, "C4": c4}, genes="hvg:50")
+    >>> cv.summary[["pearson", "spearman"]]
+    >>> cv.per_gene.query("held_out == 'C4'").nlargest(5, "pearson")
     """
 
     summary: pd.DataFrame

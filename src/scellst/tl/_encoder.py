@@ -22,6 +22,11 @@ class Encoder(Protocol):
     ``crop_mpp`` (optional) set the crops that :func:`~scellst.tl.embed` reads for it.
     ``needs_masks`` (optional, default ``True``): ``False`` when ``encode`` uses the images alone,
     so that ``embed`` skips rasterising the nucleus masks (``batch.masks`` is then ``None``).
+
+    Examples
+    --------
+    See :class:`~scellst.tl.CropBatch` for a minimal encoder, used as
+    ``sst.tl.embed(sdata, encoder=MyEncoder())``.
     """
 
     name: str

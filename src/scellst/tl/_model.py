@@ -59,6 +59,13 @@ class MILModel:
 
     Use :func:`scellst.tl.fit` to train one; :meth:`save` / :meth:`load` to keep it. ``config``
     holds the genes, settings, preprocessing and encoder reference, ``history`` the loss curves.
+
+    Examples
+    --------
+    >>> model = sst.tl.fit(sdata, genes="hvg:50")
+    >>> model.save("model_dir")
+    >>> model = sst.tl.MILModel.load("model_dir")  # in another session, on the CPU
+    >>> sst.tl.predict(other_sdata, model)  # other_sdata: segmented and embedded
     """
 
     def __init__(self, config: dict, module: CellMLP, log_theta: torch.Tensor | None = None):

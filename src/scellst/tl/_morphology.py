@@ -29,6 +29,11 @@ class MorphologyEncoder:
       mean RGB, gradient and Laplacian energy of the hematoxylin (chromatin texture), the
       cytoplasm ring (2 µm around the nucleus) and the whole crop;
     * context, from all centroids: local cell density and nearest-neighbour distances/areas.
+
+    Examples
+    --------
+    >>> sst.tl.embed(sdata)  # encoder="morphology" is the default
+    >>> sdata["sst_embedding"].uns["scellst"]["embedding"]["feature_names"][:3]
     """
 
     name = "morphology"

@@ -287,6 +287,13 @@ class SSLEncoder(TorchEncoder):
     normalisation computed on the training crops, the training settings (``config``) and the
     loss per epoch (``history``). Save it with :meth:`save`, load it with :meth:`load` or pass
     the directory as ``sst.tl.embed(sdata, encoder="path/to/dir")``.
+
+    Examples
+    --------
+    >>> enc = sst.tl.train_encoder([c2, c3], epochs=5)
+    >>> enc.save("encoder_dir")
+    >>> enc = sst.tl.SSLEncoder.load("encoder_dir")
+    >>> sst.tl.embed(c4, encoder=enc)
     """
 
     def __init__(
