@@ -59,6 +59,15 @@ master_doc = "index"
 # -- MyST / notebooks ---------------------------------------------------------------------------
 # notebooks are stored executed; the docs build never runs them (no data, no GPU needed)
 nb_execution_mode = "off"
+# the tutorials live in the repository's tutorials/ folder (outside the docs source): each
+# build copies them into docs/tutorials/ (ignored by git), where the toctree finds them
+_TUTORIALS = HERE.parent / "tutorials"
+_COPIED = HERE / "tutorials"
+_COPIED.mkdir(exist_ok=True)
+for _nb in sorted(_TUTORIALS.glob("*.ipynb")):
+    _target = _COPIED / _nb.name
+    if not _target.exists() or _target.read_bytes() != _nb.read_bytes():
+        _target.write_bytes(_nb.read_bytes())
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
 

@@ -400,3 +400,26 @@ def test_read_image_errors(tmp_path):
         sst.io.read_image(png, 0.5)
     with pytest.raises(ValueError, match="positive"):
         sst.io.read_image(rgb, -1.0)
+
+
+def test_synthetic_visium_reads_back_as_the_synthetic_slide(tmp_path):
+    """sst.datasets.synthetic_visium writes a Space Ranger folder that read_visium reads back
+    with the synthetic slide's spots, counts, image and pixel size."""
+    outs, tif = sst.datasets.synthetic_visium(tmp_path / "demo", shape=(512, 768), seed=2)
+    syn = sst.datasets.synthetic(shape=(512, 768), seed=2)
+    sdata = sst.io.read_visium(outs, fullres_image_file=tif)
+    assert set(sdata.shapes) == {"demo"}  # dataset id: the folder holding outs/
+    assert sst.io.microns_per_pixel(sdata, "demo_full_image") == pytest.approx(0.5)
+    np.testing.assert_array_equal(
+        sdata["table"].X.toarray(), syn["spots_table"].X.toarray()
+    )  # same spot order
+    assert list(sdata["table"].var_names) == list(syn["spots_table"].var_names)
+    got, want = sdata["demo"], syn["spots"]
+    np.testing.assert_allclose(got.geometry.x, want.geometry.x, atol=1e-3)
+    np.testing.assert_allclose(got.geometry.y, want.geometry.y, atol=1e-3)
+    np.testing.assert_allclose(got["radius"], want["radius"])
+    np.testing.assert_array_equal(
+        np.asarray(sdata["demo_full_image"].data), np.asarray(syn["he"].data)
+    )
+    with pytest.raises(FileExistsError, match="overwrite"):
+        sst.datasets.synthetic_visium(tmp_path / "demo", shape=(256, 256))

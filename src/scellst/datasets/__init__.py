@@ -1,5 +1,6 @@
 """Example and synthetic datasets."""
 
+from ._spaceranger import synthetic_visium
 from ._synthetic import synthetic
 
-__all__ = ["synthetic"]
+__all__ = ["synthetic", "synthetic_visium"]
