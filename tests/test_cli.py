@@ -189,6 +189,10 @@ def test_resuming_with_other_settings_is_refused(fresh, slide_store, tmp_path, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "embed: --encoder 'morphology' (stored) vs 'resnet18' (now)" in err
+    # a new stage before finished ones would redo them: refused too
+    assert main(base + FAST[:4] + ["--train-encoder-epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "embed: --encoder 'morphology' (stored) vs 'trained by this run" in err
     assert "sst_expression" in sd.read_zarr(out)  # nothing was removed
     # another input
     assert main(["run", "--zarr", str(out), "--out", str(out)] + FAST) == 2

@@ -4,8 +4,9 @@ The store is a SpatialData zarr store. Its root attributes hold, under
 ``attrs["scellst"]["run"]``, the command that made it and the settings of every finished stage.
 A stage is finished when its settings are recorded (written last, after its elements) and its
 outputs are in the store: elements, or files in a folder under ``STORE/scellst/`` (the model, a
-trained encoder). On a re-run, finished stages whose settings match are skipped; the first
-unfinished stage and every later one are run again, after their leftovers are removed.
+trained encoder). On a re-run, a finished stage whose settings differ from the new ones is an
+error; the finished stages up to the first unfinished one are skipped, and that stage and every
+later one are run again, after their leftovers are removed.
 """
 
 from __future__ import annotations
@@ -151,9 +152,14 @@ class RunStore:
         first = 0
         while first < len(stages) and self._finished(stages[first], done):
             first += 1
+        # every finished stage counts, also one after an unfinished stage: it would be redone
+        # with the new settings, and results made otherwise are not discarded silently
         diffs = _differences("input", done["input"], plain(input_settings))
-        for stage in stages[:first]:
-            diffs += _differences(stage.name, done[stage.name], stage.settings, stage.uncompared)
+        for stage in stages:
+            if self._finished(stage, done):
+                diffs += _differences(
+                    stage.name, done[stage.name], stage.settings, stage.uncompared
+                )
         if diffs:
             raise CLIError(
                 f"--out {self.path} holds finished stages made with other settings: "
