@@ -17,6 +17,7 @@ from scellst.cli import main, parse_args
 from scellst.cli._options import build_parser
 
 from .conftest import SHARED
+from .test_io import visium_dir  # noqa: F401 (fixture)
 
 SVS = SHARED / "data" / "he_small" / "cmu_small_region.svs"
 FAST = ["--genes", "hvg:8", "--max-epochs", "5", "--quiet"]
@@ -232,6 +233,17 @@ def test_model_dir_model_is_reused(fresh, slide_store, tmp_path, caplog):
     # a model trained with other settings is not replaced silently
     other = ["run", "--zarr", str(slide_store), "--out", str(tmp_path / "o.zarr")]
     assert main(other + ["--model-dir", str(model), "--genes", "hvg:5", "--quiet"]) == 2
+
+
+def test_visium_input_with_a_relative_image_path(visium_dir, tmp_path, monkeypatch):  # noqa: F811
+    he = sst.datasets.synthetic(shape=(1024, 1024), seed=0)["he"].data[:, :500, :600].compute()
+    tifffile.imwrite(tmp_path / "fullres.tif", np.moveaxis(np.asarray(he), 0, -1))
+    monkeypatch.chdir(tmp_path)  # paths on the command line are relative to it
+    outs = visium_dir.relative_to(tmp_path)
+    argv = ["run", "--visium", str(outs), "--fullres-image", "fullres.tif", "--out", "v.zarr"]
+    assert main(argv + ["--stop-after", "segment", "--quiet"]) == 0
+    cells = sd.read_zarr("v.zarr")["sst_cells_table"]
+    assert cells.n_obs > 100 and (cells.obs["spot"] >= 0).sum() > 10
 
 
 # ---- predicting an H&E-only slide -------------------------------------------------------------

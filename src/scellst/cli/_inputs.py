@@ -121,7 +121,11 @@ def read_input(args: argparse.Namespace) -> SpatialData:
     if args.hest is not None:
         return io.read_hest(args.hest, args.sample, microns_per_pixel=args.mpp)
     if args.visium is not None:
-        return io.read_visium(args.visium, fullres_image_file=args.fullres_image)
+        image = args.fullres_image.expanduser()
+        # relative to the current directory, as every path of the command line (the reader
+        # would look in the Visium folder first); one found only there is read from there
+        image = image.resolve() if image.exists() else image
+        return io.read_visium(args.visium, fullres_image_file=image)
     return _read_store(args.zarr, args.mpp)
 
 
