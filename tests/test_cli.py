@@ -178,6 +178,37 @@ def test_interrupted_run_resumes_and_equals_a_fresh_run(fresh, slide_store, tmp_
     )
 
 
+def test_segmentation_interrupted_mid_slide_resumes_tile_by_tile(
+    slide_store, tmp_path, monkeypatch, capsys
+):
+    from scellst.pp._watershed import WatershedSegmenter
+
+    calls = []
+    segment_tile = WatershedSegmenter.__call__
+
+    def interrupted(self, rgb, mpp):
+        calls.append(rgb.shape)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third of four tiles
+        return segment_tile(self, rgb, mpp)
+
+    monkeypatch.setattr(WatershedSegmenter, "__call__", interrupted)
+    out = tmp_path / "tiles.zarr"
+    argv = ["run", "--zarr", str(slide_store), "--out", str(out), "--tile-size", "512"]
+    argv += ["--n-jobs", "1", "--stop-after", "segment", "--quiet"]
+    assert main(argv) == 130
+    assert "Run the same command again to resume" in capsys.readouterr().err
+    assert len(list((out / "scellst" / "segment_tiles").glob("tile_*.npz"))) == 2
+    calls.clear()
+    assert main(argv) == 0
+    assert len(calls) == 2  # only the tiles that were not finished
+    assert not (out / "scellst" / "segment_tiles").exists()
+    monkeypatch.undo()
+    expected = sd.read_zarr(slide_store)
+    sst.pp.segment(expected, tile_size=512, n_jobs=1, progress=False)
+    assert sd.read_zarr(out)["sst_cells"].geometry.equals(expected["sst_cells"].geometry)
+
+
 def test_resuming_with_other_settings_is_refused(fresh, slide_store, tmp_path, capsys):
     out, _, _ = fresh
     weights = tmp_path / "resnet18.pth"
@@ -295,8 +326,8 @@ def test_trained_encoder_travels_with_the_model(slide_store, tmp_path, caplog):
     """--train-encoder-epochs: the encoder is saved with the model and found by predict."""
     out, model = tmp_path / "ssl.zarr", tmp_path / "ssl_model"
     argv = ["run", "--zarr", str(slide_store), "--out", str(out), "--model-dir", str(model)]
-    argv += ["--train-encoder-epochs", "1", "--train-encoder-cells", "16"] + FAST
-    assert main(argv) == 0
+    argv += ["--train-encoder-epochs", "1", "--train-encoder-cells", "16", "--stop-after", "fit"]
+    assert main(argv + FAST) == 0
     assert (out / "scellst" / "encoder" / "encoder.json").is_file()
     assert (model / "encoder" / "encoder.json").is_file()
     trained = sst.tl.MILModel.load(model).config["encoder"]

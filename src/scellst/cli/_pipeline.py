@@ -29,6 +29,9 @@ log = logging.getLogger("scellst")
 #: Where the model and a trained encoder live inside the output store.
 MODEL_DIR = f"{FILES_DIR}/model"
 ENCODER_DIR = f"{FILES_DIR}/encoder"
+#: Finished segmentation tiles, until the segmentation stage is finished.
+TILES_DIR = f"{FILES_DIR}/segment_tiles"
+TILES_SETTINGS = "cli_settings.json"
 #: Written beside a model by the command line: the settings of every stage that led to it.
 PROVENANCE_FILE = "scellst_run.json"
 #: Files of a saved model (MILModel.save) and of a saved encoder (SSLEncoder.save).
@@ -176,6 +179,8 @@ class Pipeline:
                 stage.run()
                 self.store.finish(self.sdata, stage)
                 log.info("%s done in %.1f s", stage.name, time.perf_counter() - t)
+            if stage.name == "segment":
+                shutil.rmtree(self.store.path / TILES_DIR, ignore_errors=True)
             if stage.name == "fit":
                 self._export_model()
             if stage.name == a.stop_after:
@@ -192,6 +197,17 @@ class Pipeline:
         params = None
         if a.segment_method == "cellpose":
             params = {"pretrained_model": a.cellpose_weights, "device": self.device}
+        # finished tiles are kept until the stage is, so an interrupted segmentation resumes
+        # tile by tile; tiles of one interrupted with other settings are discarded
+        tiles = self.store.path / TILES_DIR
+        settings = next(s for s in self.stages if s.name == "segment").settings
+        if tiles.is_dir() and _read_json(tiles / TILES_SETTINGS) != settings:
+            log.info("discarding the tiles of a segmentation interrupted with other settings")
+            shutil.rmtree(tiles)
+        elif tiles.is_dir():
+            log.info("resuming the segmentation from the finished tiles in %s", tiles)
+        tiles.mkdir(parents=True, exist_ok=True)
+        (tiles / TILES_SETTINGS).write_text(json.dumps(settings))
         pp.segment(
             self.sdata,
             method=a.segment_method,
@@ -199,6 +215,7 @@ class Pipeline:
             tile_size=a.tile_size,
             n_jobs=a.n_jobs,
             progress=self.progress,
+            checkpoint=tiles,
         )
         if self.command != "predict":
             pp.assign_cells(self.sdata)
