@@ -5,55 +5,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import spatialdata as sd
 
 import scellst as sst
-from scellst.cli import main
-
-
-def test_demo_writes_a_readable_store(tmp_path, caplog):
-    out = tmp_path / "demo.zarr"
-    caplog.set_level("INFO")
-    assert (
-        main(
-            [
-                "demo",
-                "--out",
-                str(out),
-                "--size",
-                "1024",
-                "--max-epochs",
-                "40",
-                "--quiet",
-                "--model-dir",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 0
-    )
-    back = sd.read_zarr(out)
-    keys = set(back.images) | set(back.shapes) | set(back.tables)
-    assert {
-        "he",
-        "sst_cells",
-        "sst_cells_table",
-        "sst_embedding",
-        "sst_expression",
-        "truth_expression",
-    } <= keys
-    assert back["sst_expression"].n_obs == back["sst_cells_table"].n_obs
-    assert (tmp_path / "m" / "config.json").is_file()
-    assert "per-cell Pearson vs truth" in caplog.text
-    # an existing store is not replaced without --overwrite
-    assert main(["demo", "--out", str(out), "--size", "1024", "--quiet"]) == 2
-
-
-def test_cli_help_lists_options(capsys):
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
-    text = capsys.readouterr().out
-    for option in ("--hest", "--visium", "--genes", "--loss", "--out", "--model-dir"):
-        assert option in text
 
 
 def test_plot_cells_by_gene_and_category(fitted, tmp_path):

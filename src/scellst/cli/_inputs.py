@@ -1,0 +1,168 @@
+"""What each command reads: checked options, the recorded input settings, and the reading."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import spatialdata as sd
+import tifffile
+from spatialdata import SpatialData
+
+from .. import datasets, io
+from .._sdata import image_key
+from ..constants import CELLS_KEY, EMBEDDING_KEY, EXPRESSION_KEY, UNS_KEY, cells_table_key
+from ..io._common import tiff_microns_per_pixel
+from ._errors import CLIError
+from ._options import RUN_SOURCES
+from ._store import RECORD_KEY
+
+log = logging.getLogger("scellst")
+
+#: Elements a command computes: an input store's own copies are not carried over.
+COMPUTED = (CELLS_KEY, cells_table_key(CELLS_KEY), EMBEDDING_KEY, EXPRESSION_KEY)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Required options and combinations, after the config file and the flags are merged."""
+    if args.out is None:
+        raise CLIError("--out is required (the output zarr store), as a flag or `out` in --config.")
+    if args.command == "run":
+        given = [s for s in RUN_SOURCES if getattr(args, s) is not None]
+        if len(given) != 1:
+            raise CLIError(
+                "Give exactly one input: --hest DIR --sample ID, --visium DIR --fullres-image TIF, "
+                f"or --zarr STORE (got {', '.join('--' + s for s in given) or 'none'})."
+            )
+        if args.hest is not None and not args.sample:
+            raise CLIError("--hest needs --sample ID (the sample's file name in st/, e.g. C2).")
+        if args.sample and args.hest is None:
+            raise CLIError("--sample goes with --hest.")
+        if args.visium is not None and args.fullres_image is None:
+            raise CLIError(
+                "--visium needs --fullres-image TIF: nuclei are segmented at full resolution, "
+                "which Space Ranger's hires/lowres PNGs lack."
+            )
+        if args.fullres_image is not None and args.visium is None:
+            raise CLIError("--fullres-image goes with --visium.")
+        if args.mpp is not None and args.visium is not None:
+            raise CLIError(
+                "--mpp does not apply to --visium: the pixel size comes from the spot diameter in "
+                "Space Ranger's scalefactors_json.json."
+            )
+        parse_genes(args.genes)
+        if args.zarr is not None and _same_path(args.zarr, args.out):
+            raise CLIError("--out must differ from the input --zarr store (it is not modified).")
+    if args.command == "predict":
+        for name in ("model", "image"):
+            if getattr(args, name) is None:
+                raise CLIError(f"--{name} is required, as a flag or `{name}` in --config.")
+    if args.command != "predict":
+        if args.train_encoder_epochs < 0 or args.train_encoder_cells < 2:
+            raise CLIError("--train-encoder-epochs must be >= 0 and --train-encoder-cells >= 2.")
+        if args.train_encoder_epochs > 0 and (
+            args.encoder != "morphology" or args.weights is not None
+        ):
+            raise CLIError(
+                "--train-encoder-epochs trains the encoder that embeds the cells: drop --encoder "
+                "and --weights, or drop --train-encoder-epochs."
+            )
+    if args.weights is not None and args.encoder == "morphology":
+        raise CLIError("--weights goes with a torchvision --encoder; 'morphology' has none.")
+    if args.stop_after == "train_encoder" and not args.train_encoder_epochs:
+        raise CLIError("--stop-after train_encoder goes with --train-encoder-epochs N.")
+    if args.cellpose_weights is not None and args.segment_method != "cellpose":
+        raise CLIError("--cellpose-weights goes with --segment-method cellpose.")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda, but torch sees no CUDA GPU: use --device cpu or auto.")
+
+
+def parse_genes(genes: str) -> str | list[str]:
+    """``"hvg:N"``/``"svg:N"`` as such, otherwise a comma-separated list of names."""
+    if genes.lower().startswith(("hvg:", "svg:")):
+        return genes
+    names = [g.strip() for g in genes.split(",") if g.strip()]
+    if not names:
+        raise CLIError(f"--genes {genes!r} names no gene: use hvg:N, svg:N or GENE1,GENE2,...")
+    return names
+
+
+def input_settings(args: argparse.Namespace) -> dict:
+    """What the command reads, as recorded in the output store (compared when resuming)."""
+    if args.command == "demo":
+        return {
+            "command": "demo",
+            "size": args.size,
+            "spot_pitch_um": args.spot_pitch_um,
+            "seed": args.seed,
+        }
+    if args.command == "predict":
+        return {"command": "predict", "image": _abs(args.image), "mpp": args.mpp}
+    return {
+        "command": "run",
+        **{k: _abs(getattr(args, k)) for k in ("hest", "visium", "fullres_image", "zarr")},
+        "sample": args.sample,
+        "mpp": args.mpp,
+    }
+
+
+def read_input(args: argparse.Namespace) -> SpatialData:
+    """The command's input as a new SpatialData object (lazy images)."""
+    if args.command == "demo":
+        return datasets.synthetic(
+            shape=(args.size, args.size), spot_pitch_um=args.spot_pitch_um, seed=args.seed
+        )
+    if args.command == "predict":
+        return _read_slide(args.image, args.mpp)
+    if args.hest is not None:
+        return io.read_hest(args.hest, args.sample, microns_per_pixel=args.mpp)
+    if args.visium is not None:
+        image = args.fullres_image.expanduser()
+        # relative to the current directory, as every path of the command line (the reader
+        # would look in the Visium folder first); one found only there is read from there
+        image = image.resolve() if image.exists() else image
+        return io.read_visium(args.visium, fullres_image_file=image)
+    return _read_store(args.zarr, args.mpp)
+
+
+def _read_slide(path: Path, mpp: float | None) -> SpatialData:
+    if mpp is None and path.is_file():
+        try:
+            found, note = tiff_microns_per_pixel(path)
+        except tifffile.TiffFileError:
+            found = 0.0  # not a TIFF: read_image says so
+        if found is None:
+            raise CLIError(
+                f"No pixel size in the metadata of {str(path)!r} ({note}). Pass --mpp with the "
+                "scanner's resolution in µm per pixel (e.g. 0.25 at 40x, 0.5 at 20x)."
+            )
+    return io.read_image(path, microns_per_pixel=mpp)
+
+
+def _read_store(path: Path, mpp: float | None) -> SpatialData:
+    if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
+        raise CLIError(f"--zarr {path} is not a zarr store (no zarr.json in it).")
+    sdata = sd.read_zarr(path)
+    present = [k for k in COMPUTED if k in sdata]
+    if present:
+        log.info("not copying %s of %s: this run computes its own", ", ".join(present), path)
+    for key in present:
+        del sdata[key]  # from this object only, not from the input store
+    attrs = sdata.attrs.get(UNS_KEY)
+    if isinstance(attrs, dict):  # an earlier run's record is not this run's
+        sdata.attrs[UNS_KEY] = {k: v for k, v in attrs.items() if k != RECORD_KEY}
+    if mpp is not None:
+        io.set_microns_per_pixel(sdata, image_key(sdata), mpp)
+    return sdata
+
+
+def _abs(path: Path | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

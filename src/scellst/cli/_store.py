@@ -1,0 +1,243 @@
+"""The output store of a command, written stage by stage so that a re-run resumes.
+
+The store is a SpatialData zarr store. Its root attributes hold, under
+``attrs["scellst"]["run"]``, the command that made it and the settings of every finished stage.
+A stage is finished when its settings are recorded (written last, after its elements) and its
+outputs are in the store: elements, or files in a folder under ``STORE/scellst/`` (the model, a
+trained encoder). On a re-run, a finished stage whose settings differ from the new ones is an
+error; the finished stages up to the first unfinished one are skipped, and that stage and every
+later one are run again, after their leftovers are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import spatialdata as sd
+import zarr
+from spatialdata import SpatialData
+
+from .. import __version__
+from ..constants import UNS_KEY
+from ._errors import CLIError
+
+log = logging.getLogger("scellst")
+
+#: Key of the run record in ``attrs["scellst"]``, and its format tag.
+RECORD_KEY = "run"
+RECORD_FORMAT = "scellst-cli-run"
+#: Folder inside the store for what is not a SpatialData element (model, trained encoder).
+FILES_DIR = "scellst"
+_ELEMENT_TYPES = ("images", "labels", "points", "shapes", "tables")
+
+
+def plain(settings: dict) -> dict:
+    """``settings`` as they read back from the store's JSON (paths as strings, lists)."""
+    return json.loads(json.dumps(settings, default=str))
+
+
+@dataclass
+class Stage:
+    """One step of a command: what it writes and the settings that determine its result."""
+
+    name: str
+    run: Callable[[], None]
+    settings: dict = field(default_factory=dict)
+    elements: tuple[str, ...] = ()
+    #: a folder relative to the store and the files in it that the stage writes
+    folder: str | None = None
+    files: tuple[str, ...] = ()
+    #: settings recorded for information only, not compared on a re-run
+    uncompared: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.settings = plain(self.settings)
+
+    def outputs(self) -> str:
+        shown = list(self.elements) + ([f"{self.folder}/"] if self.folder else [])
+        return ", ".join(shown)
+
+
+class RunStore:
+    """The zarr store ``path`` written by ``scellst COMMAND``."""
+
+    def __init__(self, path: Path, command: str):
+        self.path = Path(path)
+        self.command = command
+
+    # ---- the record ---------------------------------------------------------------------------
+    def read_record(self) -> dict | None:
+        """The run record, or None when ``path`` is not a store written by the command line."""
+        try:
+            attrs = dict(zarr.open_group(str(self.path), mode="r").attrs)
+        except Exception:  # not a zarr store at all
+            return None
+        record = attrs.get(UNS_KEY, {})
+        record = record.get(RECORD_KEY) if isinstance(record, dict) else None
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+            return None
+        return record
+
+    def _write_record(self, record: dict) -> None:
+        group = zarr.open_group(str(self.path), mode="r+")
+        attrs = dict(group.attrs)
+        attrs.setdefault(UNS_KEY, {})[RECORD_KEY] = record
+        group.attrs.put(attrs)
+
+    # ---- opening ------------------------------------------------------------------------------
+    def prepare(self, overwrite: bool) -> bool:
+        """Make way for the run; return whether an earlier run of it is to be resumed."""
+        if not self.path.exists():
+            return False
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+            return False
+        record = self.read_record()
+        if record is None:
+            raise CLIError(
+                f"--out {self.path} exists and is not the output of a scellst command (no scellst "
+                "run record in its zarr metadata). scellst does not replace it, even with "
+                "--overwrite: choose another --out, or delete it yourself."
+            )
+        if overwrite:
+            log.info("--overwrite: removing the earlier output %s", self.path)
+            shutil.rmtree(self.path)
+            return False
+        if record.get("command") != self.command:
+            raise CLIError(
+                f"--out {self.path} was written by `scellst {record.get('command')}`, not "
+                f"`scellst {self.command}`. Use --overwrite to replace it, or another --out."
+            )
+        if "input" not in record.get("stages", {}):
+            log.info("%s was interrupted while its input was written: starting again", self.path)
+            shutil.rmtree(self.path)
+            return False
+        return True
+
+    def create(self, sdata: SpatialData, input_settings: dict) -> SpatialData:
+        """Write the input elements as a new store; return the store-backed SpatialData."""
+        record = {
+            "format": RECORD_FORMAT,
+            "command": self.command,
+            "scellst_version": __version__,
+            "stages": {},
+        }
+        attrs = sdata.attrs.get(UNS_KEY)
+        sdata.attrs[UNS_KEY] = {**(attrs if isinstance(attrs, dict) else {}), RECORD_KEY: record}
+        with _quiet_zarr():
+            sdata.write(self.path)
+        record["stages"]["input"] = plain(input_settings)
+        self._write_record(record)
+        return self.read()
+
+    def read(self) -> SpatialData:
+        with _quiet_zarr():
+            return sd.read_zarr(self.path)
+
+    def resume(self, input_settings: dict, stages: list[Stage]) -> tuple[SpatialData, int]:
+        """Check the finished stages against ``stages`` and clear what will be redone.
+
+        Returns the store-backed SpatialData and the index of the first stage to run.
+        """
+        record = self.read_record()
+        assert record is not None
+        done = record.get("stages", {})
+        first = 0
+        while first < len(stages) and self._finished(stages[first], done):
+            first += 1
+        # every finished stage counts, also one after an unfinished stage: it would be redone
+        # with the new settings, and results made otherwise are not discarded silently
+        diffs = _differences("input", done["input"], plain(input_settings))
+        for stage in stages:
+            if self._finished(stage, done):
+                diffs += _differences(
+                    stage.name, done[stage.name], stage.settings, stage.uncompared
+                )
+        if diffs:
+            raise CLIError(
+                f"--out {self.path} holds finished stages made with other settings: "
+                f"{'; '.join(diffs)}. Resuming would mix results of different settings. Use "
+                "--overwrite to start again from scratch, or another --out."
+            )
+        stale = stages[first:]
+        for stage in stale:
+            done.pop(stage.name, None)
+            self._remove_outputs(stage)
+        if stale:
+            self._write_record(record)
+            self._consolidate()
+        return self.read(), first
+
+    def _finished(self, stage: Stage, done: dict) -> bool:
+        if stage.name not in done:
+            return False
+        present = all(self._element_dir(name) is not None for name in stage.elements)
+        if stage.folder:
+            present &= all((self.path / stage.folder / f).is_file() for f in stage.files)
+        return present
+
+    # ---- writing ------------------------------------------------------------------------------
+    def finish(self, sdata: SpatialData, stage: Stage) -> None:
+        """Write the stage's elements, then record its settings (the stage is then finished)."""
+        if stage.elements:
+            with _quiet_zarr():
+                sdata.write_element(list(stage.elements))
+        record = sdata.attrs[UNS_KEY][RECORD_KEY]
+        record["stages"][stage.name] = stage.settings
+        self._write_record(record)
+
+    def folder(self, stage: Stage) -> Path:
+        assert stage.folder is not None
+        return self.path / stage.folder
+
+    def _element_dir(self, name: str) -> Path | None:
+        for kind in _ELEMENT_TYPES:
+            if (self.path / kind / name).is_dir():
+                return self.path / kind / name
+        return None
+
+    def _remove_outputs(self, stage: Stage) -> None:
+        for name in stage.elements:
+            path = self._element_dir(name)
+            if path is not None:
+                shutil.rmtree(path)
+        if stage.folder and (self.path / stage.folder).exists():
+            shutil.rmtree(self.path / stage.folder)
+
+    def _consolidate(self) -> None:
+        with _quiet_zarr():
+            zarr.consolidate_metadata(str(self.path))
+
+
+def _differences(stage: str, recorded: dict, current: dict, ignore=()) -> list[str]:
+    keys = sorted((set(recorded) | set(current)) - set(ignore))
+    return [
+        f"{stage}: {_flag(k)} {_show(recorded.get(k))} (stored) vs {_show(current.get(k))} (now)"
+        for k in keys
+        if recorded.get(k) != current.get(k)
+    ]
+
+
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None else repr(value)
+
+
+class _quiet_zarr(warnings.catch_warnings):
+    """Silence zarr's notices on every array written (future defaults, parquet files)."""
+
+    def __enter__(self):
+        out = super().__enter__()
+        warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=zarr.errors.ZarrUserWarning)
+        return out
