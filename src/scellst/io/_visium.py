@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,11 @@ def read_visium(
         else:
             kwargs["fullres_image_file"] = image_path
 
-    sdata = spatialdata_io.visium(path, dataset_id=dataset_id, **kwargs)
+    with warnings.catch_warnings():
+        # spatialdata-io hands a string region column to TableModel, which converts it: not
+        # actionable by the user
+        warnings.filterwarnings("ignore", message=".*to categorical dtype", category=UserWarning)
+        sdata = spatialdata_io.visium(path, dataset_id=dataset_id, **kwargs)
     if full_image is not None:
         sdata.images[f"{dataset_id}_full_image"] = full_image
 

@@ -95,11 +95,13 @@ def in_box(xy: np.ndarray, box: Sequence[float]) -> np.ndarray:
 
 
 def set_view(ax: Axes, box: Sequence[float], *, labels: bool = True) -> None:
-    """Show ``box`` (µm) with the image's orientation (y down) and equal aspect."""
+    """Show ``box`` (µm) with the image's orientation (y down) and equal aspect, no grid (a
+    style such as scanpy's ``set_figure_params`` would draw one over the tissue)."""
     x0, y0, x1, y1 = box
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
     ax.set_aspect("equal")
+    ax.grid(False)
     if labels:
         ax.set_xlabel("x (µm)")
         ax.set_ylabel("y (µm)")
