@@ -55,7 +55,7 @@ def test_predictions_work_in_scanpy_and_squidpy(c2):
     sc.pp.neighbors(expr, n_neighbors=15)
     sc.tl.leiden(expr, resolution=0.5, flavor="igraph", n_iterations=2)
     assert expr.obs["leiden"].nunique() > 1
-    sq.gr.spatial_neighbors(expr, coord_type="generic", n_neighs=6)
+    sq.gr.spatial_neighbors_knn(expr, n_neighs=6)
     assert expr.obsp["spatial_connectivities"].shape == (expr.n_obs, expr.n_obs)
     sq.gr.nhood_enrichment(expr, cluster_key="leiden", n_perms=20, seed=0, show_progress_bar=False)
     assert "leiden_nhood_enrichment" in expr.uns

@@ -41,7 +41,10 @@ def grid_axes(
 ) -> tuple[np.ndarray, bool]:
     """A ``(nrows, ncols)`` array of Axes: new, made in a given (sub)figure, or given."""
     if ax is None:
-        fig = plt.figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows))
+        # constrained layout keeps the colour bars and titles of the panels apart
+        fig = plt.figure(
+            figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained"
+        )
         return fig.subplots(nrows, ncols, squeeze=False), True
     if isinstance(ax, FigureBase):
         return ax.subplots(nrows, ncols, squeeze=False), False

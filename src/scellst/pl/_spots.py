@@ -153,7 +153,7 @@ def spots(
             panel.add_collection(coll)
             set_view(panel, box, labels=False)
             panel.set_title(title)
-        axes[row, 0].figure.colorbar(coll, ax=list(axes[row]), shrink=0.8, label=units)
+        axes[row, 0].figure.colorbar(coll, ax=list(axes[row]), shrink=0.8, label=gene)
     for panel in axes[-1]:
         panel.set_xlabel("x (µm)")
     for panel in axes[:, 0]:
@@ -161,6 +161,8 @@ def spots(
     if scalebar:
         add_scalebar(axes[0, 0], box[2] - box[0])
     fig = axes[0, 0].figure
+    if own:
+        fig.suptitle(f"Spot expression, {units}")
     return finish(fig, own=own, show=show, save=save)
 
 

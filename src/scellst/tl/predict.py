@@ -50,7 +50,7 @@ def predict(
         centroids, ``uns["scellst"]["prediction"]`` = units, and under ``"model"`` the training
         settings, preprocessing, encoder reference, spots skipped per slide and the loss curves
         (``"history"``); linked to the cell shapes, ready for ``scanpy.pp.neighbors`` and
-        ``squidpy.gr.spatial_neighbors``.
+        ``squidpy.gr.spatial_neighbors_delaunay``.
 
     Examples
     --------
