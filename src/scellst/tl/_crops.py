@@ -568,8 +568,8 @@ class _ColourHistograms:
 
 def _is_stored(data) -> bool:
     """Whether reading ``data`` decodes about its own pixels only: a level stored in a file or
-    zarr store (cropped, converted or rechunked on the way), not one computed on the fly from a
-    finer level, which would decode that level whole."""
+    zarr store (converted or rechunked on the way), not one computed on the fly from a finer
+    level, which would decode that level whole."""
     if isinstance(data, np.ndarray):
         return True
     graph = getattr(data, "dask", None)
@@ -584,7 +584,7 @@ def _is_stored(data) -> bool:
     sources = [
         shape
         for name, shape in shapes.items()
-        if shape is not None and not any(shapes.get(dep) for dep in graph.dependencies[name])
+        if shape is not None and all(shapes.get(dep) is None for dep in graph.dependencies[name])
     ]
     # an alpha channel makes the source 4/3 of an RGB level
     return bool(sources) and sum(math.prod(s) for s in sources) <= 1.5 * data.size
