@@ -3,8 +3,8 @@
 Each view is plotted twice (the first call also reads the image and imports on first use).
 
 1. A whole her2st section (C2, ~31k nuclei after the default watershed segmentation, coloured
-   by nucleus area): polygons, with and without the H&E background (``read_hest`` computes
-   its pyramid from the full resolution, so the background decodes the whole slide).
+   by nucleus area): polygons, with and without the H&E background (read from the TIFF's
+   stored 4x level since ``read_hest`` uses the file's pyramid; see ``image_pyramid.py``).
 2. A synthetic slide of ``--n-cells`` square nuclei (8 µm sides, jittered grid, 0.5 µm/px,
    plain background image) coloured by a random value: the default (discs beyond 50,000 cells)
    and, for comparison, polygons forced with ``max_polygons``.

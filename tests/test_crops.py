@@ -266,6 +266,25 @@ def test_slide_channel_stats_on_synthetic_slide():
     assert from_level["n_pixels"] <= 192 * 192
 
 
+def test_slide_channel_stats_reads_a_level_stored_in_the_file(tmp_path):
+    """A level read from the TIFF's pyramid counts as stored; one computed from level 0 not."""
+    import tifffile
+
+    rgb = sst.datasets.synthetic(shape=(1536, 1024), seed=1)["he"].data.compute()
+    rgb = np.moveaxis(np.asarray(rgb), 0, -1)
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=(256, 256), photometric="rgb")
+        tif.write(rgb[::4, ::4], subfiletype=1, tile=(128, 128), photometric="rgb")
+    stored = image_levels(sst.io.read_image(path, microns_per_pixel=0.5), "he")
+    stats = slide_channel_stats(stored, max_pixels=384 * 256)
+    assert stats["source"] == "level 1 (256x384 px)"
+    # a level computed on the fly from the full resolution is not read whole
+    full = stored[0]
+    computed = [full, full.coarsen(y=4, x=4).mean().astype(np.uint8)]
+    assert "blocks" in slide_channel_stats(computed, max_pixels=384 * 256)["source"]
+
+
 def test_embed_stores_channel_stats_and_skips_masks(synthetic_small):
     sdata = sd.SpatialData(
         images={"he": synthetic_small["he"]}, shapes={"truth_cells": synthetic_small["truth_cells"]}

@@ -29,7 +29,9 @@ from scellst.constants import (
     SPOTS_TABLE_KEY,
     UNS_KEY,
 )
+from scellst.io._pyramid import consistent_levels
 from scellst.io._scale import element_microns_per_unit
+from scellst.tl._crops import _is_stored
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data"
 HER2ST = SHARED / "her2st"
@@ -116,6 +118,26 @@ def test_read_hest_elements_and_links(hest_c2):
     # spot centres sit on the image
     h, w = image_level0(sdata, IMAGE_KEY).shape[1:]
     assert (xy >= 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] < h).all()
+
+
+@needs_her2st
+def test_read_hest_uses_the_stored_4x_level(hest_c2):
+    levels = image_levels(hest_c2, IMAGE_KEY)
+    with tifffile.TiffFile(HER2ST / "wsis" / "C2.tif") as tif:
+        stored = tif.series[0].levels[1]
+        assert stored.shape == (2477, 2318, 3)  # 9911 / 4 = 2477.75
+        window = stored.asarray()[1000:1100, 500:640]
+    assert levels[1].shape == (3, 2477, 2318)
+    np.testing.assert_array_equal(
+        np.moveaxis(levels[1][:, 1000:1100, 500:640].values, 0, -1), window
+    )
+    assert _is_stored(levels[1].data)
+    # coarser scales are computed from the stored level, not from the full resolution
+    assert [lv.shape[1:] for lv in levels[2:]] == [(1238, 1159), (619, 579)]
+    tiff_layers = {
+        name.rsplit("-", 1)[1] for name in levels[2].data.dask.layers if name.startswith("tiff-")
+    }
+    assert tiff_layers == {"1"} and not _is_stored(levels[2].data)
 
 
 @needs_her2st
@@ -400,6 +422,116 @@ def test_read_image_errors(tmp_path):
         sst.io.read_image(png, 0.5)
     with pytest.raises(ValueError, match="positive"):
         sst.io.read_image(rgb, -1.0)
+
+
+# --- pyramids stored in the file --------------------------------------------------------------
+
+
+def _microns_xy_scale(level) -> np.ndarray:
+    """(x, y) µm per pixel of one scale of a multiscale image, from its transformation."""
+    t = get_transformation(level, to_coordinate_system=MICRONS_CS)
+    return np.diag(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))[:2]
+
+
+def test_read_image_uses_the_pyramid_stored_in_the_file(tmp_path):
+    """An OME-TIFF with a SubIFD level: scale1 is the stored level (here not a downsample of
+    level 0), the next scale is computed from it, and a zarr round trip keeps all of it."""
+    from spatialdata.models import Image2DModel
+
+    level0 = np.random.default_rng(0).integers(0, 255, (2403, 2001, 3), dtype=np.uint8)
+    level1 = np.zeros((1202, 1000, 3), np.uint8)  # 2403 / 2 and 2001 / 2 are not integers
+    level1[..., 0], level1[:600, :, 2] = 7, 200
+    path = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        metadata = {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+        tif.write(level0, subifds=1, tile=(256, 256), photometric="rgb", metadata=metadata)
+        tif.write(level1, subfiletype=1, tile=(256, 256), photometric="rgb")
+
+    sdata = sst.io.read_image(path)
+    levels = image_levels(sdata, IMAGE_KEY)
+    assert [lv.shape for lv in levels] == [(3, 2403, 2001), (3, 1202, 1000), (3, 601, 500)]
+    for level in levels:
+        _assert_lazy(level.data)
+        assert level.dtype == np.uint8
+        assert level.data.chunksize == (3, *(min(512, n) for n in level.shape[1:]))
+    np.testing.assert_array_equal(np.moveaxis(levels[0].values, 0, -1), level0)
+    np.testing.assert_array_equal(np.moveaxis(levels[1].values, 0, -1), level1)
+    # the coarsest scale comes from the stored level (level 0 holds no such colours)
+    expected2 = level1[::2, ::2]
+    np.testing.assert_array_equal(np.moveaxis(levels[2].values, 0, -1), expected2)
+    assert [_is_stored(lv.data) for lv in levels] == [True, True, False]
+    # each scale maps onto the full-resolution frame by its own size ratio
+    for level in levels:
+        h, w = level.shape[1:]
+        np.testing.assert_allclose(_microns_xy_scale(level), [0.5 * 2001 / w, 0.5 * 2403 / h])
+    assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.5)
+    Image2DModel().validate(sdata[IMAGE_KEY])
+
+    sst.io.write_zarr(sdata, tmp_path / "pyramid.zarr")
+    back = spatialdata.read_zarr(tmp_path / "pyramid.zarr")
+    Image2DModel().validate(back[IMAGE_KEY])
+    back_levels = image_levels(back, IMAGE_KEY)
+    assert len(back_levels) == len(levels)
+    for level, read in zip(levels, back_levels, strict=True):
+        np.testing.assert_array_equal(read.values, level.values)
+        for ax in ("y", "x"):
+            np.testing.assert_allclose(read.coords[ax].values, level.coords[ax].values)
+        np.testing.assert_allclose(_microns_xy_scale(read), _microns_xy_scale(level))
+    assert sst.io.microns_per_pixel(back) == pytest.approx(0.5)
+
+
+def test_read_image_stored_pyramid_of_uint16_rgba_pages(tmp_path):
+    """Reduced-resolution pages (as in her2st's TIFFs), 16-bit with alpha: every level becomes
+    uint8 RGB; levels of rounded sizes are kept, no level is added below 1000 px."""
+    rgb = [np.full((1203, 1001, 3), 100, np.uint16), np.full((301, 250, 3), 2570, np.uint16)]
+    rgb.append(np.full((75, 62, 3), 65535, np.uint16))
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for i, level in enumerate(rgb):
+            rgba = np.concatenate([level, np.full((*level.shape[:2], 1), 65535, np.uint16)], -1)
+            tif.write(
+                rgba,
+                tile=(64, 64),
+                photometric="rgb",
+                extrasamples=["unassalpha"],
+                subfiletype=1 if i else 0,
+            )
+    sdata = sst.io.read_image(path, microns_per_pixel=0.25, chunks=128)
+    levels = image_levels(sdata, IMAGE_KEY)
+    assert [lv.shape for lv in levels] == [(3, *level.shape[:2]) for level in rgb]
+    for level, value in zip(levels, (0, 10, 255), strict=True):  # 100 / 257 rounds to 0
+        assert level.dtype == np.uint8 and level.data.chunksize[0] == 3
+        assert set(np.unique(level.values)) == {value}
+    assert all(_is_stored(lv.data) for lv in levels)
+
+
+def test_read_image_without_pyramid_computes_its_levels(tmp_path):
+    yy, xx = np.mgrid[:4200, :4100]
+    rgb = np.stack([yy % 256, xx % 256, (yy + xx) % 256], -1).astype(np.uint8)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", compression="zlib")
+    levels = image_levels(sst.io.read_image(path, microns_per_pixel=0.5), IMAGE_KEY)
+    assert [lv.shape[1:] for lv in levels] == [(4200, 4100), (2100, 2050), (1050, 1025), (525, 512)]
+    assert [_is_stored(lv.data) for lv in levels] == [True, False, False, False]
+    # scale1 is computed from level 0: 2x2 means
+    corner = rgb[:64, :64].reshape(32, 2, 32, 2, 3).mean((1, 3))
+    got = np.moveaxis(levels[1][:, :32, :32].values, 0, -1)
+    np.testing.assert_allclose(got, corner, atol=1)
+
+
+def test_consistent_levels_drops_a_level_of_another_shape():
+    level0 = da.zeros((1000, 800, 3), dtype=np.uint8)
+    good = da.zeros((250, 200, 3), dtype=np.uint8)
+    assert len(consistent_levels([level0, good])) == 2
+    for bad in (
+        da.zeros((250, 100, 3), dtype=np.uint8),  # another aspect ratio (a label, a macro)
+        da.zeros((250, 200, 4), dtype=np.uint8),  # other channels
+        da.zeros((250, 200, 3), dtype=np.uint16),  # other dtype
+        da.zeros((1000, 800, 3), dtype=np.uint8),  # not smaller
+    ):
+        with pytest.warns(UserWarning, match="not a downsampled copy"):
+            kept = consistent_levels([level0, good, bad, da.zeros((125, 100, 3), np.uint8)])
+        assert len(kept) == 2
 
 
 def test_synthetic_visium_reads_back_as_the_synthetic_slide(tmp_path):

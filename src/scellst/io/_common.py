@@ -1,4 +1,5 @@
-"""Shared bits of the readers: lazy TIFF access, RGB normalisation, image elements, pixel size."""
+"""Shared bits of the readers: TIFF axes, RGB normalisation, pixel size (image elements and
+pyramids: :mod:`._pyramid`)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import tifffile
-import xarray as xr
-import zarr
-from dask.base import tokenize
-from spatialdata.models import Image2DModel
-from spatialdata.transformations import BaseTransformation, Identity
 
-from ..constants import MICRONS_CS
-from ._scale import microns_scale
-
-#: Images with a side longer than this get a multiscale (pyramid) element.
-MULTISCALE_MIN_SIDE = 4096
-#: The coarsest pyramid level is brought below this many pixels on its longest side.
-PYRAMID_TOP_SIDE = 1000
 #: Pixel sizes outside this range (µm/px) do not come from a microscope scan; ignore them.
 PLAUSIBLE_MPP = (0.01, 20.0)
 
@@ -42,33 +31,11 @@ def resolve_path(path: str | Path, what: str) -> Path:
     return p
 
 
-# --- lazy TIFF -------------------------------------------------------------------------------
+# --- lazy TIFF ---------------------------------------------------------------------------------
 
 
-def open_tiff_yxc(path: str | Path) -> da.Array:
-    """Level 0 of the first series of a (pyramidal, tiled) TIFF as a lazy (y, x, c) dask array.
-
-    Nothing is decoded here: the array is backed by tifffile's zarr store, which reads the tiles a
-    computation touches. Axes other than Y, X and the sample/channel axis must have length 1.
-    """
-    path = Path(path)
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ValueError(f"{str(path)!r} holds no image.")
-        axes = tif.series[0].axes
-    store = tifffile.imread(path, aszarr=True, series=0, level=0)
-    z = zarr.open(store, mode="r")
-    # from_array, not from_zarr: spatialdata treats "from-zarr" graph keys as files of its own
-    # store and fails on tifffile's store (no `.root`) when printing or saving the object
-    arr = da.from_array(
-        z, chunks=z.chunks, name=f"tiff-{tokenize(str(path.resolve()), path.stat().st_mtime)}"
-    )
-    if arr.ndim != len(axes):
-        raise ValueError(f"Unexpected layout of {str(path)!r}: axes {axes!r}, shape {arr.shape}.")
-    return _to_yxc(arr, axes, str(path))
-
-
-def _to_yxc(arr: da.Array, axes: str, what: str) -> da.Array:
+def tiff_to_yxc(arr: da.Array, axes: str, what: str) -> da.Array:
+    """A TIFF array with tifffile's ``axes`` as (y, x, c); other axes must have length 1."""
     axes = axes.upper()
     if "Y" not in axes or "X" not in axes:
         raise ValueError(f"{what}: no Y/X axes in {axes!r} (shape {arr.shape}). {RGB_REQUIRED}")
@@ -111,73 +78,37 @@ def array_to_yxc(data: Any) -> da.Array:
     return arr
 
 
-def to_rgb_uint8_lazy(yxc: da.Array, what: str = "image") -> da.Array:
-    """Drop alpha and bring a lazy (y, x, c) array to uint8 RGB.
-
-    uint8 is kept; other unsigned integers are scaled by ``255 / dtype max`` (uint16 -> uint8);
-    floats are read as [0, 1] when their maximum is <= 1, else as [0, 255].
-    """
+def rgb_uint8_factor(yxc: da.Array, what: str = "image") -> float:
+    """Check that a lazy (y, x, c) array is RGB(A) and return what its values are multiplied by
+    to become uint8: 1 for uint8, ``255 / dtype max`` for other unsigned integers (uint16 ->
+    uint8); for floats 255 when their maximum is <= 1 (read as [0, 1]), else 1 ([0, 255])."""
     n_channels = yxc.shape[-1]
     if n_channels not in (3, 4):
         raise ValueError(f"{what} has {n_channels} channels (shape {yxc.shape}). " + RGB_REQUIRED)
-    rgb = yxc[..., :3]
-    dtype = rgb.dtype
+    dtype = yxc.dtype
     if dtype == np.uint8:
-        return rgb
+        return 1.0
     if np.issubdtype(dtype, np.unsignedinteger):
-        factor = 255.0 / np.iinfo(dtype).max
-        return (rgb.astype(np.float32) * factor).round().astype(np.uint8)
+        return 255.0 / np.iinfo(dtype).max
     if np.issubdtype(dtype, np.floating):
-        top = float(da.nanmax(rgb).compute())
-        factor = 255.0 if top <= 1.0 else 1.0
-        return da.clip(da.nan_to_num(rgb) * factor, 0, 255).round().astype(np.uint8)
+        top = float(da.nanmax(yxc[..., :3]).compute())
+        return 255.0 if top <= 1.0 else 1.0
     raise ValueError(
         f"{what} has unsupported dtype {dtype}; expected uint8 (or uint16/float) RGB values."
     )
 
 
-# --- image element ---------------------------------------------------------------------------
-
-
-def pyramid_scale_factors(shape_yx: tuple[int, int]) -> list[int] | None:
-    """Scale factors (2 each) for a multiscale image, or ``None`` for a small image."""
-    side = max(shape_yx)
-    if side <= MULTISCALE_MIN_SIDE:
-        return None
-    factors = []
-    while side > PYRAMID_TOP_SIDE:
-        factors.append(2)
-        side //= 2
-    return factors
-
-
-def rgb_image_element(
-    yxc: da.Array,
-    pixel_cs: str,
-    mpp: float,
-    chunks: int = 2048,
-    what: str = "image",
-) -> xr.DataArray | xr.DataTree:
-    """Parse a (y, x, c) array into a lazy uint8 RGB image element (multiscale when large).
-
-    The element has an Identity to ``pixel_cs`` and a ``Scale`` by ``mpp`` to ``"microns"``.
-    """
-    if not isinstance(chunks, int | np.integer) or chunks < 64:
-        raise ValueError(f"`chunks` must be an integer >= 64, got {chunks!r}.")
-    rgb = to_rgb_uint8_lazy(yxc, what)
-    cyx = rgb.transpose(2, 0, 1).rechunk((3, int(chunks), int(chunks)))
-    transformations: dict[str, BaseTransformation] = {
-        pixel_cs: Identity(),
-        MICRONS_CS: microns_scale(mpp),
-    }
-    return Image2DModel.parse(
-        cyx,
-        dims=("c", "y", "x"),
-        c_coords=["r", "g", "b"],
-        transformations=transformations,
-        scale_factors=pyramid_scale_factors(cyx.shape[1:]),
-        chunks=(3, int(chunks), int(chunks)),
-    )
+def to_rgb_uint8_lazy(yxc: da.Array, what: str = "image", factor: float | None = None) -> da.Array:
+    """Drop alpha and bring a lazy (y, x, c) array to uint8 RGB, multiplying its values by
+    ``factor`` (by default :func:`rgb_uint8_factor`, which computes a float image's maximum)."""
+    if factor is None:
+        factor = rgb_uint8_factor(yxc, what)
+    rgb = yxc[..., :3]
+    if rgb.dtype == np.uint8:
+        return rgb
+    if np.issubdtype(rgb.dtype, np.floating):
+        return da.clip(da.nan_to_num(rgb) * factor, 0, 255).round().astype(np.uint8)
+    return (rgb.astype(np.float32) * factor).round().astype(np.uint8)
 
 
 # --- pixel size from file metadata --------------------------------------------------------------

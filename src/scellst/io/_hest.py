@@ -26,7 +26,8 @@ from ..constants import (
     UNS_KEY,
     check_key,
 )
-from ._common import check_mpp, open_tiff_yxc, rgb_image_element
+from ._common import check_mpp
+from ._pyramid import open_tiff_levels, rgb_image_element
 from ._scale import microns_scale
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
@@ -49,7 +50,9 @@ def read_hest(
         root/metadata/<sample_id>.json  pixel_size_um_estimated, spot_diameter (µm), ...
 
     The slide is read lazily (tiles are decoded only when a computation touches them) as uint8
-    RGB, with a multiscale pyramid when it is larger than 4096 px on a side.
+    RGB, as a multiscale image whose first scales are the pyramid levels stored in the file (coarser
+    ones are computed from the coarsest stored level); a file without a pyramid gets one computed
+    from the full resolution when it is larger than 4096 px on a side.
 
     Parameters
     ----------
@@ -123,10 +126,10 @@ def read_hest(
         mpp = float(raw)
     spot_diameter_um = _spot_diameter_um(meta, adata, mpp, meta_path)
 
-    yxc = open_tiff_yxc(wsi_path)
-    height, width = int(yxc.shape[0]), int(yxc.shape[1])
+    levels = open_tiff_levels(wsi_path)
+    height, width = int(levels[0].shape[0]), int(levels[0].shape[1])
     transformations = {sample_id: Identity(), MICRONS_CS: microns_scale(mpp)}
-    image = rgb_image_element(yxc, sample_id, mpp, chunks=chunks, what=repr(str(wsi_path)))
+    image = rgb_image_element(levels, sample_id, mpp, chunks=chunks, what=repr(str(wsi_path)))
 
     xy = _spot_centres(adata, st_path)
     _check_spots_on_image(xy, width, height, wsi_path)

@@ -11,14 +11,8 @@ import tifffile
 from spatialdata import SpatialData
 
 from ..constants import IMAGE_KEY, UNS_KEY, check_key
-from ._common import (
-    array_to_yxc,
-    check_mpp,
-    open_tiff_yxc,
-    resolve_path,
-    rgb_image_element,
-    tiff_microns_per_pixel,
-)
+from ._common import array_to_yxc, check_mpp, resolve_path, tiff_microns_per_pixel
+from ._pyramid import open_tiff_levels, rgb_image_element
 
 #: Pixel coordinate system of an H&E-only slide (there is no dataset id to name it after).
 PIXEL_CS = "global"
@@ -35,15 +29,17 @@ def read_image(
 ) -> SpatialData:
     """Read an H&E slide without transcriptomics into a new SpatialData object.
 
-    The image is read lazily (only the tiles a computation touches are decoded) as uint8 RGB,
-    with a multiscale pyramid when it is larger than 4096 px on a side. Its physical scale is
+    The image is read lazily (only the tiles a computation touches are decoded) as uint8 RGB.
+    A file's stored pyramid levels become the first scales of a multiscale image (coarser ones
+    are computed from the coarsest stored level); an image without a pyramid gets one computed
+    from the full resolution when it is larger than 4096 px on a side. Its physical scale is
     recorded as a ``Scale`` to the ``"microns"`` coordinate system; the pixel coordinate system is
     ``"global"``.
 
     Parameters
     ----------
     path_or_array
-        A TIFF, BigTIFF, OME-TIFF or Aperio SVS file (level 0 of the first series is read), or an
+        A TIFF, BigTIFF, OME-TIFF or Aperio SVS file (the first series, with its pyramid), or an
         RGB(A) array of shape ``(y, x, 3|4)`` (numpy or dask). uint16 images are scaled to uint8
         and an alpha channel is dropped.
     microns_per_pixel
@@ -83,7 +79,7 @@ def read_image(
         path = resolve_path(path_or_array, "Image file")
         what = repr(str(path))
         try:
-            yxc = open_tiff_yxc(path)
+            levels = open_tiff_levels(path)
             found, source = tiff_microns_per_pixel(path)
         except tifffile.TiffFileError as e:
             raise ValueError(
@@ -94,7 +90,7 @@ def read_image(
         origin = str(path)
     else:
         what = "The image array"
-        yxc = array_to_yxc(path_or_array)
+        levels = [array_to_yxc(path_or_array)]
         found, source = None, "arrays carry no pixel size"
         origin = "array"
 
@@ -116,7 +112,7 @@ def read_image(
             "20x)."
         )
 
-    image = rgb_image_element(yxc, PIXEL_CS, mpp, chunks=chunks, what=what)
+    image = rgb_image_element(levels, PIXEL_CS, mpp, chunks=chunks, what=what)
     sdata = SpatialData(images={image_key: image})
     sdata.attrs[UNS_KEY] = {
         "reader": "read_image",

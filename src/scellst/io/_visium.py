@@ -18,7 +18,8 @@ from spatialdata.transformations import (
 )
 
 from ..constants import MICRONS_CS, REGION_KEY, SPOT_ID, UNS_KEY
-from ._common import open_tiff_yxc, resolve_path, rgb_image_element
+from ._common import resolve_path
+from ._pyramid import open_tiff_levels, rgb_image_element
 from ._scale import compose_to_microns, microns_scale
 
 #: Diameter of a Visium spot in µm (10x Genomics specification).
@@ -41,8 +42,9 @@ def read_visium(
     (from ``spatial/scalefactors_json.json``), as a transformation to the ``"microns"``
     coordinate system on every image and on the spot circles.
 
-    A TIFF full-resolution image is read lazily by scellst (tiled access, uint8 RGB, multiscale)
-    rather than by spatialdata-io, which would decode it as a single block.
+    A TIFF full-resolution image is read lazily by scellst (tiled access, uint8 RGB, multiscale
+    from the file's own pyramid levels when it has some) rather than by spatialdata-io, which
+    would decode it as a single block.
 
     Parameters
     ----------
@@ -102,7 +104,7 @@ def read_visium(
         image_path = resolve_path(path / Path(fullres_image_file), "Full-resolution image")
         if _is_tiff(image_path):
             full_image = rgb_image_element(
-                open_tiff_yxc(image_path), dataset_id, mpp, what=repr(str(image_path))
+                open_tiff_levels(image_path), dataset_id, mpp, what=repr(str(image_path))
             )
         else:
             kwargs["fullres_image_file"] = image_path

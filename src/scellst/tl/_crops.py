@@ -567,14 +567,27 @@ class _ColourHistograms:
 
 
 def _is_stored(data) -> bool:
-    """Whether reading ``data`` only loads its own chunks (not a level computed on the fly)."""
+    """Whether reading ``data`` decodes about its own pixels only: a level stored in a file or
+    zarr store (converted or rechunked on the way), not one computed on the fly from a finer
+    level, which would decode that level whole."""
     if isinstance(data, np.ndarray):
         return True
     graph = getattr(data, "dask", None)
-    if graph is None:
+    layers = getattr(graph, "layers", None)
+    if layers is None:
         return False
-    # a stored level: one task per chunk (plus the store); a computed one: the whole pyramid below
-    return len(graph) <= 2 * data.npartitions + 2
+    # the arrays the graph starts from: array layers (they carry a shape) fed by no other array
+    # (only by the raw store/file object, a layer without a shape)
+    shapes = {
+        name: (layer.collection_annotations or {}).get("shape") for name, layer in layers.items()
+    }
+    sources = [
+        shape
+        for name, shape in shapes.items()
+        if shape is not None and all(shapes.get(dep) is None for dep in graph.dependencies[name])
+    ]
+    # an alpha channel makes the source 4/3 of an RGB level
+    return bool(sources) and sum(math.prod(s) for s in sources) <= 1.5 * data.size
 
 
 def exterior_coords(geometry: np.ndarray) -> np.ndarray:
