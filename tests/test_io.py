@@ -29,9 +29,8 @@ from scellst.constants import (
     SPOTS_TABLE_KEY,
     UNS_KEY,
 )
-from scellst.io._pyramid import consistent_levels
+from scellst.io._pyramid import consistent_levels, is_stored_level
 from scellst.io._scale import element_microns_per_unit
-from scellst.tl._crops import _is_stored
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data"
 HER2ST = SHARED / "her2st"
@@ -131,13 +130,13 @@ def test_read_hest_uses_the_stored_4x_level(hest_c2):
     np.testing.assert_array_equal(
         np.moveaxis(levels[1][:, 1000:1100, 500:640].values, 0, -1), window
     )
-    assert _is_stored(levels[1].data)
+    assert is_stored_level(levels[1].data)
     # coarser scales are computed from the stored level, not from the full resolution
     assert [lv.shape[1:] for lv in levels[2:]] == [(1238, 1159), (619, 579)]
     tiff_layers = {
         name.rsplit("-", 1)[1] for name in levels[2].data.dask.layers if name.startswith("tiff-")
     }
-    assert tiff_layers == {"1"} and not _is_stored(levels[2].data)
+    assert tiff_layers == {"1"} and not is_stored_level(levels[2].data)
 
 
 @needs_her2st
@@ -459,7 +458,7 @@ def test_read_image_uses_the_pyramid_stored_in_the_file(tmp_path):
     # the coarsest scale comes from the stored level (level 0 holds no such colours)
     expected2 = level1[::2, ::2]
     np.testing.assert_array_equal(np.moveaxis(levels[2].values, 0, -1), expected2)
-    assert [_is_stored(lv.data) for lv in levels] == [True, True, False]
+    assert [is_stored_level(lv.data) for lv in levels] == [True, True, False]
     # each scale maps onto the full-resolution frame by its own size ratio
     for level in levels:
         h, w = level.shape[1:]
@@ -502,7 +501,7 @@ def test_read_image_stored_pyramid_of_uint16_rgba_pages(tmp_path):
     for level, value in zip(levels, (0, 10, 255), strict=True):  # 100 / 257 rounds to 0
         assert level.dtype == np.uint8 and level.data.chunksize[0] == 3
         assert set(np.unique(level.values)) == {value}
-    assert all(_is_stored(lv.data) for lv in levels)
+    assert all(is_stored_level(lv.data) for lv in levels)
 
 
 def test_read_image_without_pyramid_computes_its_levels(tmp_path):
@@ -512,7 +511,7 @@ def test_read_image_without_pyramid_computes_its_levels(tmp_path):
     tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", compression="zlib")
     levels = image_levels(sst.io.read_image(path, microns_per_pixel=0.5), IMAGE_KEY)
     assert [lv.shape[1:] for lv in levels] == [(4200, 4100), (2100, 2050), (1050, 1025), (525, 512)]
-    assert [_is_stored(lv.data) for lv in levels] == [True, False, False, False]
+    assert [is_stored_level(lv.data) for lv in levels] == [True, False, False, False]
     # scale1 is computed from level 0: 2x2 means
     corner = rgb[:64, :64].reshape(32, 2, 32, 2, 3).mean((1, 3))
     got = np.moveaxis(levels[1][:, :32, :32].values, 0, -1)

@@ -44,6 +44,8 @@ _CACHE_MAX_PIXELS = 4096 * 4096
 #: SpatialData's pixel frame (the polygons, centroids and spots of scellst) puts the centre of
 #: pixel (row r, column c) at (c + 0.5, r + 0.5); OpenCV, and the resampling here, at (c, r).
 _PIXEL_CENTRE = 0.5
+#: Side of the full-resolution blocks that slide_channel_stats samples.
+_STATS_BLOCK = 512
 
 
 @dataclass
@@ -460,21 +462,25 @@ def slide_channel_stats(
 ) -> dict:
     """Per-channel mean and standard deviation of a slide's tissue pixels (RGB in [0, 1]).
 
-    Reads at most ``max_pixels`` pixels: a whole low-resolution level of the pyramid when one
-    is stored (not computed from the full resolution on the fly), else full-resolution blocks
-    (storage chunks, at most 512 px a side) sampled over the slide, preferring those holding
-    ``points_xy`` (e.g. the nucleus centroids, so the sample lies on the tissue). Tissue pixels are those whose summed optical density
-    exceeds ``tissue_od`` (white glass is excluded); when there are none, all pixels count.
+    Reads about ``max_pixels`` pixels (at least one block): blocks of the full resolution (a
+    fixed grid of 512-px squares) sampled over the slide, preferring those holding ``points_xy`` (e.g. the
+    nucleus centroids, so the sample lies on the tissue). The same pixels are read whatever the
+    storage (a freshly read TIFF and its pyramid, a zarr copy, an array in memory, any
+    chunking), so a slide always gets the same statistics, which ``normalization="slide"``
+    encoders rely on. Tissue pixels are those whose summed optical density exceeds
+    ``tissue_od`` (white glass is excluded); when there are none, all pixels count.
 
     Parameters
     ----------
     img
-        The slide: its full-resolution ``(c, y, x)`` level, or all its levels, finest first.
+        The slide: its full-resolution ``(c, y, x)`` level, or all its levels, finest first
+        (only the first is read).
     points_xy
         ``(n, 2)`` positions (full-resolution pixels) of interest; blocks are sampled with
         probability proportional to how many of them they hold.
     max_pixels
-        Pixel budget (bounds time and memory).
+        Pixel budget (bounds time and memory): ``max_pixels`` over the mean block area blocks
+        are read.
     tissue_od
         Summed optical density (log10, three channels) above which a pixel is tissue.
     seed
@@ -485,7 +491,7 @@ def slide_channel_stats(
     dict
         ``mean`` and ``std`` (lists of 3 floats, R, G, B in [0, 1]), ``n_pixels`` (pixels
         used), ``tissue_only`` (False when no tissue was found and all pixels were used) and
-        ``source`` (which level, or how many blocks, were read).
+        ``source`` (how many blocks were read).
 
     Examples
     --------
@@ -496,20 +502,10 @@ def slide_channel_stats(
     if not levels:
         raise ValueError("`img` holds no image level.")
     acc = _ColourHistograms(tissue_od)
-    # the finest low-resolution level within the budget, when it is stored (a pyramid computed
-    # on the fly from the full resolution would decode the whole slide)
-    small = [i for i, lv in enumerate(levels) if i and lv.sizes["y"] * lv.sizes["x"] <= max_pixels]
-    if small and _is_stored(levels[small[0]].data):
-        level = levels[small[0]]
-        h, w = int(level.sizes["y"]), int(level.sizes["x"])
-        acc.add(_to_rgb(np.asarray(level.data[:, :h, :w])))
-        return acc.result(f"level {small[0]} ({w}x{h} px)")
-    # else blocks of the full resolution: its storage chunks, cut to at most 512 px a side
     full = levels[0]
     h, w = int(full.sizes["y"]), int(full.sizes["x"])
-    chunks = full.data.chunks if isinstance(full.data, da.Array) else ((h,), (w,))
-    ys = np.unique(np.concatenate([np.cumsum([0, *chunks[-2]]), np.arange(0, h, 512), [h]]))
-    xs = np.unique(np.concatenate([np.cumsum([0, *chunks[-1]]), np.arange(0, w, 512), [w]]))
+    ys = np.append(np.arange(0, h, _STATS_BLOCK), h)
+    xs = np.append(np.arange(0, w, _STATS_BLOCK), w)
     n_x = len(xs) - 1
     weight = np.ones((len(ys) - 1) * n_x)
     if points_xy is not None and len(points_xy):
@@ -564,30 +560,6 @@ class _ColourHistograms:
             "tissue_only": bool(row == 0),
             "source": source,
         }
-
-
-def _is_stored(data) -> bool:
-    """Whether reading ``data`` decodes about its own pixels only: a level stored in a file or
-    zarr store (converted or rechunked on the way), not one computed on the fly from a finer
-    level, which would decode that level whole."""
-    if isinstance(data, np.ndarray):
-        return True
-    graph = getattr(data, "dask", None)
-    layers = getattr(graph, "layers", None)
-    if layers is None:
-        return False
-    # the arrays the graph starts from: array layers (they carry a shape) fed by no other array
-    # (only by the raw store/file object, a layer without a shape)
-    shapes = {
-        name: (layer.collection_annotations or {}).get("shape") for name, layer in layers.items()
-    }
-    sources = [
-        shape
-        for name, shape in shapes.items()
-        if shape is not None and all(shapes.get(dep) is None for dep in graph.dependencies[name])
-    ]
-    # an alpha channel makes the source 4/3 of an RGB level
-    return bool(sources) and sum(math.prod(s) for s in sources) <= 1.5 * data.size
 
 
 def exterior_coords(geometry: np.ndarray) -> np.ndarray:
