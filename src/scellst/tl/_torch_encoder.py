@@ -86,7 +86,10 @@ class TorchEncoder:
         pixels (``channel_stats``, computed by :func:`~scellst.tl.embed` for every slide), a
         simple stain normalisation: each slide's colours are centred and scaled on its own, so
         that a darker or paler staining moves the features less. An encoder trained with
-        ``train_encoder(normalization="slide")`` must be used this way.
+        ``train_encoder(normalization="slide")`` must be used this way. It also removes real
+        differences of average colour (tissue composition): on serial her2st sections,
+        stained together, it lowered held-out spot-level Pearson from 0.22 to 0.14
+        (BENCHMARKS.md); use it for slides from different staining batches or scanners.
     input_size_um
         Side of the crop centre fed to the network, in µm (paper: 12 µm).
     crop_size_um, crop_mpp

@@ -106,7 +106,8 @@ def train_encoder(
         every slide it embeds. ``"slide"``: each crop with its own slide's colour statistics
         (:func:`~scellst.tl.embed`'s ``channel_stats``, the tissue pixels of the slide), in
         training and again for every slide embedded later (a simple per-slide stain
-        normalisation, see :class:`~scellst.tl.TorchEncoder`).
+        normalisation, see :class:`~scellst.tl.TorchEncoder`, and its cost on slides stained
+        together there).
     input_size_um, crop_size_um, crop_mpp
         The network input (crop centre, µm) and the crops read (µm, µm/px). The network sees
         ``input_size_um / crop_mpp`` pixels (48 by default).
