@@ -83,7 +83,6 @@ def main() -> None:
         )
         out["train"] = {**r["train"], "n_cells": c["n_cells"], "epochs": c["epochs"]}
     for name in args.encoders:
-        kwargs: dict = {}
         if name == "ssl":
             encoder = ssl
         elif name == "morphology":
@@ -94,7 +93,7 @@ def main() -> None:
             torch.save(torchvision.models.get_model(name, weights=None).state_dict(), weights)
             encoder = sst.tl.pretrained_encoder(name, weights=weights, device=args.device)
         with measure(r, name):
-            sst.tl.embed(sdata, encoder=encoder, key_added=f"emb_{name}", progress=False, **kwargs)
+            sst.tl.embed(sdata, encoder=encoder, key_added=f"emb_{name}", progress=False)
         dim = sdata[f"emb_{name}"].obsm["X_sst"].shape[1]
         s = r[name]["seconds"]
         print(

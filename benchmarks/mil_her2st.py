@@ -105,14 +105,8 @@ def prepare(root: Path, name: str, encoder: str, weights: str | None, cache: Pat
 def patch_descriptor(sdata, bags) -> np.ndarray:
     """Per kept spot: cell-embedding statistics + colour/texture statistics of the spot disk."""
     n = bags.spots.n_obs
-    feats = bags.features
     counts = np.bincount(bags.bag, minlength=n).astype(np.float64)
-    mean = np.zeros((n, feats.shape[1]))
-    np.add.at(mean, bags.bag, feats)
-    mean /= counts[:, None]
-    sq = np.zeros_like(mean)
-    np.add.at(sq, bags.bag, feats.astype(np.float64) ** 2)
-    std = np.sqrt(np.maximum(sq / counts[:, None] - mean**2, 0))
+    mean_sd = pooled_mean_sd(bags.features, bags.bag, n)
     ids, centres, radii = spot_geometry(sdata, bags.spots_key, "he")
     where = pd.Index(ids).get_indexer(bags.instance)
     img = image_level0(sdata, "he")
@@ -125,7 +119,19 @@ def patch_descriptor(sdata, bags) -> np.ndarray:
         yy, xx = np.mgrid[y0:y1, x0:x1]
         disk = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r**2
         texture.append(_colour_texture(rgb, disk))
-    return np.column_stack([mean, std, np.log1p(counts), np.array(texture)])
+    return np.column_stack([mean_sd, np.log1p(counts), np.array(texture)])
+
+
+def pooled_mean_sd(values: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+    """``(n, 2 d)``: the mean and the standard deviation of the rows of each group 0..n-1."""
+    values = np.asarray(values, np.float64)
+    count = np.bincount(group, minlength=n)[:, None].astype(np.float64)
+    mean = np.zeros((n, values.shape[1]))
+    np.add.at(mean, group, values)
+    mean /= count
+    sq = np.zeros_like(mean)
+    np.add.at(sq, group, values**2)
+    return np.column_stack([mean, np.sqrt(np.maximum(sq / count - mean**2, 0))])
 
 
 def patch_cnn_descriptor(sdata, bags, encoder) -> np.ndarray:
@@ -151,14 +157,7 @@ def patch_cnn_descriptor(sdata, bags, encoder) -> np.ndarray:
         crop_mpp=encoder.crop_mpp, masks=False, channel_stats=stats, progress=False,
     ):  # fmt: skip
         emb[batch.index] = encoder.encode(batch)
-    n = bags.spots.n_obs
-    count = np.bincount(owner, minlength=n)[:, None].astype(np.float64)
-    mean = np.zeros((n, emb.shape[1]))
-    np.add.at(mean, owner, emb)
-    mean /= count
-    sq = np.zeros_like(mean)
-    np.add.at(sq, owner, emb.astype(np.float64) ** 2)
-    return np.column_stack([mean, np.sqrt(np.maximum(sq / count - mean**2, 0))])
+    return pooled_mean_sd(emb, owner, bags.spots.n_obs)
 
 
 def ridge_scores(X_train, y_train, X_test, measured, genes):

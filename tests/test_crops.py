@@ -9,7 +9,7 @@ import spatialdata as sd
 import xarray as xr
 
 import scellst as sst
-from scellst._sdata import image_level0, image_levels
+from scellst._sdata import image_level0
 from scellst.tl._crops import (
     CropGeometry,
     exterior_coords,
@@ -190,6 +190,39 @@ def test_crops_are_centred_in_spatialdatas_pixel_frame():
     assert (left[0], top[0], side) == (12.0, 22.0, 37.0)  # pixel 30 - 18 .. 30 + 18, edges
 
 
+def test_masks_cover_the_pixels_whose_centre_is_in_the_nucleus():
+    """The nucleus masks are neither inflated by fillPoly nor shifted: on 200 random nuclei of
+    2-10 px radius at the slide's resolution, mask area within 3 % of the pixels whose centre
+    lies in the polygon on average, and they disagree on under 10 % of them."""
+    from matplotlib.path import Path as MplPath
+
+    from scellst.tl._crops import crop_boxes
+
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 2 * np.pi, 14, endpoint=False)
+    polygons = np.empty(200, dtype=object)
+    xy = np.zeros((200, 2))
+    for i in range(200):
+        r = rng.uniform(2, 10) * (1 + 0.15 * rng.standard_normal(14))
+        centre = rng.uniform(40, 360, 2)
+        polygons[i] = np.column_stack([centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)])
+        xy[i] = polygons[i].mean(0)
+    img = xr.DataArray(np.full((3, 400, 400), 200, np.uint8), dims=("c", "y", "x"))
+    masks = np.zeros((200, 37, 37), bool)
+    for b in iter_crops(img, 0.5, xy, polygons, crop_size_um=18.5, crop_mpp=0.5, progress=False):
+        masks[b.index] = b.masks
+    left, top, _ = crop_boxes(xy, 0.5, 18.5, 0.5)
+    jj, ii = np.meshgrid(np.arange(37) + 0.5, np.arange(37) + 0.5)
+    ratio, disagree = [], []
+    for k in range(200):
+        centres = np.column_stack([left[k] + jj.ravel(), top[k] + ii.ravel()])
+        truth = MplPath(polygons[k]).contains_points(centres).reshape(37, 37)
+        ratio.append(masks[k].sum() / truth.sum())
+        disagree.append((masks[k] ^ truth).sum() / truth.sum())
+    assert abs(np.mean(ratio) - 1) < 0.03
+    assert np.mean(disagree) < 0.10
+
+
 @pytest.mark.parametrize("image_mpp, crop_mpp", [(0.25, 0.5), (0.3, 0.5), (0.125, 0.25)])
 def test_downsampling_averages_instead_of_aliasing(image_mpp, crop_mpp):
     # a one-pixel checkerboard: any point sampling (or bilinear interpolation at these ratios)
@@ -241,7 +274,7 @@ def test_slide_channel_stats_on_synthetic_slide():
     exact_mean, exact_std = tissue.mean(0), tissue.std(0)
     assert 0.05 < (od <= 0.15).mean() < 0.9  # the slide has both glass and tissue
 
-    stats = slide_channel_stats(image_levels(sdata, "he"))
+    stats = slide_channel_stats(image_level0(sdata, "he"))
     np.testing.assert_allclose(stats["mean"], exact_mean, atol=1e-6)
     np.testing.assert_allclose(stats["std"], exact_std, atol=1e-6)
     assert stats["tissue_only"] and stats["n_pixels"] == len(tissue)
@@ -262,8 +295,6 @@ def test_slide_channel_stats_on_synthetic_slide():
     # the same pixels whatever the storage: in memory, other chunks, a list of levels
     assert slide_channel_stats(as_image(rgb), points_xy=points, max_pixels=300_000) == sampled
     assert slide_channel_stats(as_image(rgb, 200), points_xy=points, max_pixels=300_000) == sampled
-    levels = [lazy, as_image(rgb[::4, ::4], 96)]
-    assert slide_channel_stats(levels, points_xy=points, max_pixels=300_000) == sampled
 
 
 def test_slide_channel_stats_do_not_depend_on_how_the_slide_is_stored(tmp_path):
@@ -282,8 +313,8 @@ def test_slide_channel_stats_do_not_depend_on_how_the_slide_is_stored(tmp_path):
     sst.io.write_zarr(fresh, tmp_path / "copy.zarr")
     copy = sd.read_zarr(tmp_path / "copy.zarr")
     for budget in (384 * 256, 4_000_000):
-        a = slide_channel_stats(image_levels(fresh, "he"), max_pixels=budget)
-        b = slide_channel_stats(image_levels(copy, "he"), max_pixels=budget)
+        a = slide_channel_stats(image_level0(fresh, "he"), max_pixels=budget)
+        b = slide_channel_stats(image_level0(copy, "he"), max_pixels=budget)
         assert a == b and "blocks" in a["source"]
 
 

@@ -63,7 +63,7 @@ def synthetic_visium(path: str | Path, *, overwrite: bool = False, **kwargs) -> 
     table = sdata[SPOTS_TABLE_KEY]
     n = len(spots)
     barcodes = [f"SYN{i:06d}-1" for i in range(n)]
-    _write_10x_h5(outs / "filtered_feature_bc_matrix.h5", barcodes, table)
+    write_10x_h5(outs / "filtered_feature_bc_matrix.h5", barcodes, list(table.var_names), table.X)
 
     x, y = spots.geometry.x.to_numpy(), spots.geometry.y.to_numpy()
     pitch_px = kwargs.get("spot_pitch_um", 100.0) / mpp
@@ -97,10 +97,10 @@ def synthetic_visium(path: str | Path, *, overwrite: bool = False, **kwargs) -> 
     return outs, tif
 
 
-def _write_10x_h5(path: Path, barcodes: list[str], table) -> None:
-    """The 10x Genomics v3 HDF5 feature-barcode matrix (genes x barcodes, CSC)."""
-    m = sp.csc_matrix(sp.csr_matrix(table.X).T)
-    genes = list(table.var_names)
+def write_10x_h5(path: Path, barcodes: list[str], genes: list[str], counts) -> None:
+    """The 10x Genomics v3 HDF5 feature-barcode matrix of ``counts`` (barcodes x genes, dense or
+    sparse), stored genes x barcodes (CSC) as Space Ranger writes it."""
+    m = sp.csc_matrix(sp.csr_matrix(counts).T)
     with h5py.File(path, "w") as f:
         g = f.create_group("matrix")
         g.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
@@ -109,7 +109,7 @@ def _write_10x_h5(path: Path, barcodes: list[str], table) -> None:
         g.create_dataset("indptr", data=m.indptr.astype(np.int64))
         g.create_dataset("shape", data=np.array(m.shape, dtype=np.int32))
         feats = g.create_group("features")
-        feats.create_dataset("id", data=np.array([f"SYN{i:05d}" for i in range(len(genes))], "S"))
+        feats.create_dataset("id", data=np.array([f"GENE{i:05d}" for i in range(len(genes))], "S"))
         feats.create_dataset("name", data=np.array(genes, dtype="S"))
         feats.create_dataset("feature_type", data=np.array(["Gene Expression"] * len(genes), "S"))
         feats.create_dataset("genome", data=np.array(["synthetic"] * len(genes), dtype="S"))

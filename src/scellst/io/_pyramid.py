@@ -7,7 +7,6 @@ computed on the fly from the full resolution decodes the whole slide each time i
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,27 +190,3 @@ def _parse(
 
 def _scale_data(tree: xr.DataTree, k: int) -> da.Array:
     return next(iter(tree[f"scale{k}"].ds.data_vars.values())).data
-
-
-def is_stored_level(data) -> bool:
-    """Whether reading ``data`` decodes about its own pixels only: a level stored in a file or
-    zarr store (converted or rechunked on the way), not one computed on the fly from a finer
-    level, which would decode that level whole."""
-    if isinstance(data, np.ndarray):
-        return True
-    graph = getattr(data, "dask", None)
-    layers = getattr(graph, "layers", None)
-    if layers is None:
-        return False
-    # the arrays the graph starts from: array layers (they carry a shape) fed by no other array
-    # (only by the raw store/file object, a layer without a shape)
-    shapes = {
-        name: (layer.collection_annotations or {}).get("shape") for name, layer in layers.items()
-    }
-    sources = [
-        shape
-        for name, shape in shapes.items()
-        if shape is not None and all(shapes.get(dep) is None for dep in graph.dependencies[name])
-    ]
-    # an alpha channel makes the source 4/3 of an RGB level
-    return bool(sources) and sum(math.prod(s) for s in sources) <= 1.5 * data.size

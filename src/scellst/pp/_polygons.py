@@ -65,20 +65,18 @@ def polygons_from_pixel_contours(contours, area_px: np.ndarray) -> np.ndarray:
     if not rings:
         return np.empty(0, dtype=object)
     area_px = np.array(area_px, dtype=float)
-    xy, starts, lengths, area = _rings_area(rings)
+    xy, starts, lengths, area = rings_area(rings)
     for i in np.flatnonzero((lengths < 3) | (area < 1.0)):
         (x0, y0), (x1, y1) = rings[i].min(0) - 0.5, rings[i].max(0) + 0.5
         rings[i] = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
         area_px[i] = (x1 - x0) * (y1 - y0)
-    xy, starts, lengths, area = _rings_area(rings)
-    centre = np.add.reduceat(xy, starts, axis=0) / lengths[:, None]
+    xy, starts, lengths, area = rings_area(rings)
     factor = np.sqrt(area_px / np.maximum(area, 1e-9))
     # thin or spiky rings lose much more than their area by the half-pixel: scaling them would
     # overshoot, so they are buffered instead (below)
     thin = factor > 1.5
     factor = np.where(thin, 1.0, np.maximum(factor, 1.0))
-    rep = np.repeat(np.arange(len(rings)), lengths)
-    xy = centre[rep] + (xy - centre[rep]) * factor[rep, None]
+    xy = scale_rings(xy, starts, lengths, factor)
     # close each ring (repeat its first point) for shapely's ragged-array constructor
     closed = np.insert(xy, starts + lengths, xy[starts], axis=0)
     ring_offsets = np.concatenate([[0], np.cumsum(lengths + 1)])
@@ -99,7 +97,7 @@ def polygons_from_pixel_contours(contours, area_px: np.ndarray) -> np.ndarray:
     return polys
 
 
-def _rings_area(rings: list[np.ndarray]):
+def rings_area(rings: list[np.ndarray]):
     """Concatenated coordinates, ring starts/lengths and shoelace areas of many rings at once."""
     lengths = np.array([len(r) for r in rings])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -108,6 +106,16 @@ def _rings_area(rings: list[np.ndarray]):
     nxt[starts + lengths - 1] = starts
     cross = xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1]
     return xy, starts, lengths, 0.5 * np.abs(np.add.reduceat(cross, starts))
+
+
+def scale_rings(
+    xy: np.ndarray, starts: np.ndarray, lengths: np.ndarray, factor: np.ndarray
+) -> np.ndarray:
+    """Scale each ring of the concatenated coordinates ``xy`` (as :func:`rings_area` gives them)
+    about its vertex mean by its ``factor``."""
+    centre = np.add.reduceat(xy, starts, axis=0) / lengths[:, None]
+    rep = np.repeat(np.arange(len(lengths)), lengths)
+    return centre[rep] + (xy - centre[rep]) * np.asarray(factor)[rep, None]
 
 
 def _contours_of(labels: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -31,6 +31,7 @@ import shapely
 import xarray as xr
 
 from .._sdata import to_rgb_uint8
+from ..pp._polygons import rings_area, scale_rings
 from ..pp._stains import TISSUE_OD, total_od
 from ..pp._tiles import map_tiles, tile_grid
 
@@ -430,30 +431,20 @@ def _rasterise(
     masks = np.zeros((len(polygons), out, out), np.uint8)
     cells = [k for k, r in enumerate(polygons) if r is not None and len(r) >= 3]
     if cells:
-        rings = [polygons[k] for k in cells]
-        lengths = np.array([len(r) for r in rings])
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        starts = bounds[:-1]
-        origin = np.repeat(np.column_stack([start_x[cells], start_y[cells]]), lengths, axis=0)
-        pts = (np.concatenate(rings)[:, :2] - _PIXEL_CENTRE - origin) * geo.scale  # crop px
-        # equivalent radius (shoelace area) and vertex mean of each ring
-        nxt = np.arange(len(pts)) + 1
-        nxt[bounds[1:] - 1] = starts
-        cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
-        radius = np.sqrt(np.abs(np.add.reduceat(cross, starts)) / (2 * np.pi))
-        centre = np.add.reduceat(pts, starts, axis=0) / lengths[:, None]
-        factor = np.clip(1 - 0.5 / np.maximum(radius, 1e-9), 0, 1)
-        rep = np.repeat(np.arange(len(rings)), lengths)
-        pts = centre[rep] + (pts - centre[rep]) * factor[rep, None]
-        pts = np.round(pts * 16).astype(np.int32)
-        bounds = bounds.tolist()
+        origin = np.column_stack([start_x, start_y]) + _PIXEL_CENTRE
+        rings = [(polygons[k][:, :2] - origin[k]) * geo.scale for k in cells]  # crop pixels
+        xy, starts, lengths, area = rings_area(rings)
+        radius = np.sqrt(area / np.pi)  # equivalent radius
+        xy = scale_rings(xy, starts, lengths, np.clip(1 - 0.5 / np.maximum(radius, 1e-9), 0, 1))
+        pts = np.round(xy * 16).astype(np.int32)
+        bounds = np.append(starts, len(xy)).tolist()
         for j, k in enumerate(cells):
             cv2.fillPoly(masks[k], [pts[bounds[j] : bounds[j + 1]]], 1, shift=4)
     return masks.view(bool)
 
 
 def slide_channel_stats(
-    img: xr.DataArray | Sequence[xr.DataArray],
+    img: xr.DataArray,
     *,
     points_xy: np.ndarray | None = None,
     max_pixels: int = 4_000_000,
@@ -473,8 +464,7 @@ def slide_channel_stats(
     Parameters
     ----------
     img
-        The slide: its full-resolution ``(c, y, x)`` level, or all its levels, finest first
-        (only the first is read).
+        The slide's full-resolution ``(c, y, x)`` level.
     points_xy
         ``(n, 2)`` positions (full-resolution pixels) of interest; blocks are sampled with
         probability proportional to how many of them they hold.
@@ -495,15 +485,11 @@ def slide_channel_stats(
 
     Examples
     --------
-    >>> stats = slide_channel_stats(image_levels(sdata, "he"), points_xy=centroids)
+    >>> stats = slide_channel_stats(image_level0(sdata, "he"), points_xy=centroids)
     >>> stats["mean"], stats["std"]
     """
-    levels = [img] if isinstance(img, xr.DataArray) else list(img)
-    if not levels:
-        raise ValueError("`img` holds no image level.")
     acc = _ColourHistograms(tissue_od)
-    full = levels[0]
-    h, w = int(full.sizes["y"]), int(full.sizes["x"])
+    h, w = int(img.sizes["y"]), int(img.sizes["x"])
     ys = np.append(np.arange(0, h, _STATS_BLOCK), h)
     xs = np.append(np.arange(0, w, _STATS_BLOCK), w)
     n_x = len(xs) - 1
@@ -522,7 +508,7 @@ def slide_channel_stats(
     prob = weight[candidates] / weight[candidates].sum()
     picked = np.sort(rng.choice(candidates, n_pick, replace=False, p=prob))
     blocks = [
-        full.data[:, ys[r] : ys[r + 1], xs[q] : xs[q + 1]]
+        img.data[:, ys[r] : ys[r + 1], xs[q] : xs[q + 1]]
         for r, q in map(divmod, picked, [n_x] * n_pick)
     ]
     for planes in dask.compute(*blocks, scheduler="synchronous"):

@@ -14,7 +14,6 @@ from .._sdata import (
     apply_matrix,
     check_free,
     image_level0,
-    image_levels,
 )
 from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, UNS_KEY
 from ..io._scale import microns_per_pixel
@@ -113,7 +112,7 @@ def embed(
         enc.prepare(geometry, centroids * mpp, mpp)
 
     # per-slide colour statistics of the tissue, for encoders that normalise with them
-    stats = slide_channel_stats(image_levels(sdata, image_key), points_xy=centroids)
+    stats = slide_channel_stats(image_level0(sdata, image_key), points_xy=centroids)
     features: np.ndarray | None = None
     padded = np.zeros(cells.n_obs, bool)
     for batch in iter_crops(

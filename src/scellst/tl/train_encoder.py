@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from .._sdata import (
     image_level0,
-    image_levels,
 )
 from ..constants import CELLS_KEY
 from ..io._scale import microns_per_pixel
@@ -296,7 +295,7 @@ def train_encoder(
 def _slide_stats(sdata: SpatialData, cells_key: str, image_key: str | None) -> dict:
     """The slide's colour statistics, computed as :func:`~scellst.tl.embed` computes them."""
     _, key, _, centroids = cells_on_image(sdata, cells_key, image_key)
-    return slide_channel_stats(image_levels(sdata, key), points_xy=centroids)
+    return slide_channel_stats(image_level0(sdata, key), points_xy=centroids)
 
 
 def sample_crops(
