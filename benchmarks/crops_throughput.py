@@ -30,8 +30,8 @@ from _measure import measure
 import scellst as sst
 from scellst._sdata import apply_matrix, element_to_image_matrix, image_level0
 from scellst.constants import CELLS_KEY, SPATIAL_OBSM
+from scellst.embedding.crops import exterior_coords, iter_crops
 from scellst.io._scale import microns_per_pixel
-from scellst.tl._crops import exterior_coords, iter_crops
 
 
 def nuclei(sdata, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -34,8 +34,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import scellst as sst
-from scellst.nn.resnet import build_backbone
-from scellst.tl._evaluate import match_truth_cells
+from scellst.embedding.backbones import build_backbone
+from scellst.mil.evaluate import match_truth_cells
 
 
 def slide(size: int, seed: int):

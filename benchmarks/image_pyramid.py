@@ -34,7 +34,7 @@ from _measure import measure
 
 import scellst as sst
 from scellst._sdata import image_levels
-from scellst.tl._crops import slide_channel_stats
+from scellst.embedding.crops import slide_channel_stats
 
 
 def main() -> None:

@@ -71,12 +71,12 @@ from _measure import measure
 
 import scellst as sst
 from scellst._sdata import image_level0, read_rgb
+from scellst.embedding.crops import iter_crops
+from scellst.embedding.encoder import resolve_encoder
 from scellst.io._scale import microns_per_pixel
-from scellst.pp.assign import spot_geometry
-from scellst.tl._crops import iter_crops
-from scellst.tl._encoder import resolve_encoder
-from scellst.tl._evaluate import score_genes
-from scellst.tl._spots import measured_spots, slide_bags
+from scellst.mil.assign import spot_geometry
+from scellst.mil.evaluate import score_genes
+from scellst.mil.spots import measured_spots, slide_bags
 
 BAG_KW = dict(cells_key="sst_cells", embedding_key="sst_embedding", spots_key=None, min_counts=20)
 

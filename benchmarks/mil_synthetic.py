@@ -34,9 +34,9 @@ import pandas as pd
 import torch
 
 import scellst as sst
-from scellst.tl._evaluate import match_truth_cells
-from scellst.tl._split import split_spots
-from scellst.tl._training import _Tensors, fit_tensors
+from scellst.mil.evaluate import match_truth_cells
+from scellst.mil.split import split_spots
+from scellst.mil.training import _Tensors, fit_tensors
 
 
 def embedded_slide(size: int, seed: int, encoder: str, weights: str | None):

@@ -28,8 +28,8 @@ import tifffile
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 import scellst as sst
-from scellst.pp._stains import hematoxylin_eosin, optical_density
-from scellst.pp._watershed import WatershedSegmenter
+from scellst.segmentation.stains import hematoxylin_eosin, optical_density
+from scellst.segmentation.watershed import WatershedSegmenter
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATASET = Path("data") / "nuclei" / "monuseg_train"

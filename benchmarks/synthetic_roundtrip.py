@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import scellst as sst
-from scellst.tl._evaluate import score_against_truth as score
+from scellst.mil.evaluate import score_against_truth as score
 
 
 def main() -> None:

@@ -20,14 +20,14 @@ import spatialdata as sd
 
 import scellst as sst
 from scellst._sdata import image_level0, read_rgb
-from scellst.pp._cellpose import (
+from scellst.segmentation.cellpose import (
     MODELS_ENV,
     CellposeSegmenter,
     cellpose_diameter_px,
     resolve_weights,
 )
-from scellst.pp._polygons import owned_nuclei
-from scellst.pp._tiles import tile_grid
+from scellst.segmentation.polygons import owned_nuclei
+from scellst.segmentation.tiles import tile_grid
 
 # random weights give random flows and small masks: keep every candidate mask
 PERMISSIVE = {"flow_threshold": 0.0, "cellprob_threshold": -1.0, "min_area_um2": 1.0}

@@ -181,7 +181,7 @@ def test_interrupted_run_resumes_and_equals_a_fresh_run(fresh, slide_store, tmp_
 def test_segmentation_interrupted_mid_slide_resumes_tile_by_tile(
     slide_store, tmp_path, monkeypatch, capsys
 ):
-    from scellst.pp._watershed import WatershedSegmenter
+    from scellst.segmentation.watershed import WatershedSegmenter
 
     calls = []
     segment_tile = WatershedSegmenter.__call__

@@ -10,7 +10,7 @@ import xarray as xr
 
 import scellst as sst
 from scellst._sdata import image_level0
-from scellst.tl._crops import (
+from scellst.embedding.crops import (
     CropGeometry,
     exterior_coords,
     iter_crops,
@@ -96,7 +96,7 @@ def test_crops_do_not_depend_on_tiling_chunks_or_threads(slide, monkeypatch):
         for a, b in zip(ref, got, strict=True):
             np.testing.assert_array_equal(a, b)  # bit-identical
     # storage chunks too large to cache are read in part, window by window
-    monkeypatch.setattr("scellst.tl._crops._CACHE_MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr("scellst.embedding.crops._CACHE_MAX_PIXELS", 100 * 100)
     got = crops_of(as_image(rgb, 256), 0.5, xy, polygons, tile_size=128, n_jobs=2)
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -105,7 +105,7 @@ def test_crops_do_not_depend_on_tiling_chunks_or_threads(slide, monkeypatch):
 def test_chunk_reader_pickles_for_distributed_workers(slide):
     import pickle
 
-    from scellst.tl._crops import _ChunkReader
+    from scellst.embedding.crops import _ChunkReader
 
     rgb, _, _ = slide
     img = as_image(rgb, 128)
@@ -184,7 +184,7 @@ def test_crops_are_centred_in_spatialdatas_pixel_frame():
     assert batch.images.shape[1] == 37
     assert (batch.images[0, 18, 18] == 0).all() and (batch.images[0].min(-1) == 0).sum() == 1
     assert batch.masks[0].sum() == 1 and batch.masks[0, 18, 18]  # neither moved nor inflated
-    from scellst.tl._crops import crop_boxes
+    from scellst.embedding.crops import crop_boxes
 
     left, top, side = crop_boxes(np.array([[30.5, 40.5]]), 0.5, 18.5, 0.5)
     assert (left[0], top[0], side) == (12.0, 22.0, 37.0)  # pixel 30 - 18 .. 30 + 18, edges
@@ -196,7 +196,7 @@ def test_masks_cover_the_pixels_whose_centre_is_in_the_nucleus():
     lies in the polygon on average, and they disagree on under 10 % of them."""
     from matplotlib.path import Path as MplPath
 
-    from scellst.tl._crops import crop_boxes
+    from scellst.embedding.crops import crop_boxes
 
     rng = np.random.default_rng(0)
     t = np.linspace(0, 2 * np.pi, 14, endpoint=False)

@@ -3,8 +3,8 @@ import pytest
 import spatialdata as sd
 
 import scellst as sst
-from scellst.tl._crops import iter_crops
-from scellst.tl._evaluate import match_truth_cells
+from scellst.embedding.crops import iter_crops
+from scellst.mil.evaluate import match_truth_cells
 
 
 @pytest.fixture()
@@ -51,7 +51,7 @@ def test_embedding_is_deterministic_and_tiling_independent(segmented):
 
 def test_crops_have_fixed_physical_size_and_handle_borders(segmented):
     from scellst._sdata import image_level0
-    from scellst.tl._crops import exterior_coords
+    from scellst.embedding.crops import exterior_coords
 
     img = image_level0(segmented, "he")
     xy = np.array([[2.0, 2.0], [512.0, 512.0]])  # a cell at the corner and one in the middle

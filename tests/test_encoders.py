@@ -11,8 +11,8 @@ import torch
 import torchvision
 
 import scellst as sst
-from scellst.nn.augment import AugmentConfig, augment
-from scellst.tl._crops import CropBatch
+from scellst.embedding.augment import AugmentConfig, augment
+from scellst.embedding.crops import CropBatch
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_byol_and_errors(segmented):
 
 def test_image_only_encoders_skip_the_masks(segmented, monkeypatch):
     """Training crops and pixel-only encoders never rasterise the nucleus polygons."""
-    import scellst.tl._crops as crops_module
+    import scellst.embedding.crops as crops_module
 
     def no_masks(*args, **kwargs):
         raise AssertionError("nucleus masks were rasterised")
@@ -249,8 +249,8 @@ def test_slide_normalization_uses_each_slides_colour_statistics(segmented, tmp_p
 def _crops(sdata) -> np.ndarray:
     """The 72-px crops (18 µm at 0.25 µm/px) that embed reads for a TorchEncoder, in cell order."""
     from scellst._sdata import image_level0
-    from scellst.tl._crops import iter_crops
-    from scellst.tl._tables import cells_on_image
+    from scellst._tables import cells_on_image
+    from scellst.embedding.crops import iter_crops
 
     cells, key, _, centroids = cells_on_image(sdata, "sst_cells")
     out = np.empty((cells.n_obs, 72, 72, 3), np.uint8)
@@ -262,7 +262,7 @@ def _crops(sdata) -> np.ndarray:
 def test_tile_workers_leave_the_callers_threads_alone():
     """map_tiles limits OpenMP in its worker threads only: an encoder running in the caller's
     thread between tiles (torch) keeps all its threads."""
-    from scellst.pp._tiles import map_tiles
+    from scellst.segmentation.tiles import map_tiles
 
     before = torch.get_num_threads()
     seen = []

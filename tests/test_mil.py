@@ -15,9 +15,9 @@ import scipy.sparse as sp
 import spatialdata as sd
 
 import scellst as sst
-from scellst.tl._evaluate import log_normalized, match_truth_cells
-from scellst.tl._spots import slide_bags
-from scellst.tl._training import TRAINING_OPTIONS, training_options
+from scellst.mil.evaluate import log_normalized, match_truth_cells
+from scellst.mil.options import TRAINING_OPTIONS, training_options
+from scellst.mil.spots import slide_bags
 
 
 def _part(embedded, mask, boost: str | None = None) -> sd.SpatialData:
@@ -229,7 +229,7 @@ def test_training_options_are_fits_own():
         training_options(loss="l1")
     # reading fit's defaults must not bind the module `scellst.tl.fit` to `sst.tl.fit`
     code = (
-        "import scellst as sst; from scellst.tl._training import training_options; "
+        "import scellst as sst; from scellst.mil.options import training_options; "
         "training_options(); assert callable(sst.tl.fit), sst.tl.fit"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,7 @@ import spatialdata as sd
 import torch
 
 import scellst as sst
-from scellst.tl._evaluate import match_truth_cells, pearson_per_gene, score_against_truth
+from scellst.mil.evaluate import match_truth_cells, pearson_per_gene, score_against_truth
 
 
 def _scores(sdata, key="sst_expression"):

@@ -8,7 +8,7 @@ import shapely
 import spatialdata as sd
 
 import scellst as sst
-from scellst.pp._rasterize import burn_polygons
+from scellst.segmentation.rasterize import burn_polygons
 
 metrics = sst.tl.segmentation_metrics
 

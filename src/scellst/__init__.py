@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import constants, datasets, io, pl, pp, tl
+from ._version import __version__
 
 __all__ = ["constants", "datasets", "io", "pl", "pp", "tl", "__version__"]

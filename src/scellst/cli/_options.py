@@ -10,7 +10,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 
 #: The stages of each command, in order (``--stop-after`` choices are all but the last).
 STAGES = {

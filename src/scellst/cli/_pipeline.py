@@ -241,7 +241,7 @@ class Pipeline:
     def _resolve_encoder(self, encoder: str, weights: str | None):
         """The encoder object (weights loaded), on ``--device``; for ``predict``, checked to be
         the model's."""
-        from ..tl._encoder import resolve_encoder
+        from ..embedding.encoder import resolve_encoder
 
         enc = resolve_encoder(encoder, weights)
         if self.device is not None and hasattr(enc, "to"):
@@ -344,7 +344,7 @@ def _model_sha(folder: Path) -> str | None:
 
 def demo_scores(sdata: SpatialData) -> str:
     """Mean per-gene Pearson of the predicted vs true cells of the synthetic slide, as JSON."""
-    from ..tl._evaluate import score_against_truth
+    from ..mil.evaluate import score_against_truth
 
     scores = score_against_truth(sdata)
     return json.dumps({k: round(scores[k], 3) for k in ("markers", "morphology", "all")})

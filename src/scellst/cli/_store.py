@@ -24,7 +24,7 @@ import spatialdata as sd
 import zarr
 from spatialdata import SpatialData
 
-from .. import __version__
+from .._version import __version__
 from ..constants import UNS_KEY
 from ._errors import CLIError
 

@@ -11,6 +11,7 @@ import shapely
 from spatialdata import SpatialData
 from spatialdata.models import ShapesModel
 
+from .._docs import OVERWRITE_ELEMENT, doc_params
 from .._sdata import add_element, check_free, transformations_of
 from .._sdata import image_key as resolve_image_key
 
@@ -18,6 +19,7 @@ from .._sdata import image_key as resolve_image_key
 _CLASS_COLUMNS = ("classification", "class", "cell_type", "type", "label")
 
 
+@doc_params(overwrite_element=OVERWRITE_ELEMENT)
 def read_nuclei(
     path: str | Path,
     sdata: SpatialData,
@@ -48,8 +50,7 @@ def read_nuclei(
         Property holding each nucleus' class. Default: the first of ``classification``
         (QuPath/HEST style ``{"name": ...}`` objects are unpacked), ``class``, ``cell_type``,
         ``type``, ``label`` that exists. Stored as the column ``class``.
-    overwrite
-        Replace an existing element ``key_added``.
+    {overwrite_element}
 
     Returns
     -------

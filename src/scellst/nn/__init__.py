@@ -1,12 +1,17 @@
-"""Torch modules: the MIL model (per-cell MLP, bag aggregation, losses) and the cell-image
-encoders (small ResNet, self-supervised MoCo v3 / BYOL, histology augmentations)."""
+"""Torch building blocks (``import scellst.nn``; imports torch): the cell-image encoders' networks
+and augmentations, and the MIL model's per-cell MLP, pooling and losses.
 
-from .augment import AugmentConfig, augment
-from .bags import aggregate
-from .losses import mse_loss, nb_nll, poisson_nll
-from .mlp import CellMLP
-from .resnet import SmallResNet, build_backbone
-from .ssl import SSLModel
+A face like :mod:`scellst.tl`: everything here is defined in a stage package,
+:mod:`scellst.embedding` (augmentations, backbones, SSL) or :mod:`scellst.mil` (MLP, pooling,
+losses). ``import scellst`` does not import this module.
+"""
+
+from ..embedding.augment import AugmentConfig, augment
+from ..embedding.backbones import SmallResNet, build_backbone
+from ..embedding.ssl import SSLModel
+from ..mil.losses import mse_loss, nb_nll, poisson_nll
+from ..mil.mlp import CellMLP
+from ..mil.pooling import aggregate
 
 __all__ = [
     "AugmentConfig",

@@ -11,10 +11,11 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from spatialdata import SpatialData
 
+from .._docs import AX_SHOW_SAVE, doc_params
 from .._sdata import apply_matrix, cells_image_key
+from .._tables import cells_table
 from ..constants import CELLS_KEY, SPATIAL_OBSM
-from ..tl._crops import exterior_coords
-from ..tl._tables import cells_table
+from ..embedding.crops import exterior_coords
 from ._color import NA_COLOR, cell_values, paint
 from ._figure import finish, single_axes
 from ._slide import Slide, add_scalebar, box_figsize, discs, in_box, set_view, view_box
@@ -23,6 +24,7 @@ from ._slide import Slide, add_scalebar, box_figsize, discs, in_box, set_view, v
 RASTERIZE_ABOVE = 20_000
 
 
+@doc_params(ax_show_save=AX_SHOW_SAVE)
 def cells(
     sdata: SpatialData,
     color: str | None = None,
@@ -103,9 +105,7 @@ def cells(
         Above this many cells in the view, draw discs of the nuclei's area instead of polygons.
     max_image_px
         Largest background image side in pixels (a coarser pyramid level is used beyond it).
-    ax, show, save
-        Axes to draw in (a new figure otherwise); call ``plt.show()`` (default: when no ``ax``
-        was given and not saving); path to save the figure to (150 dpi).
+    {ax_show_save}
 
     Returns
     -------

@@ -13,15 +13,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from spatialdata import SpatialData
 
+from .._docs import GRID_SHOW_SAVE, doc_params
 from .._sdata import apply_matrix, cells_image_key
+from .._tables import cells_table
 from ..constants import CELLS_KEY, SPATIAL_OBSM
-from ..tl._crops import CROP_SIZE_UM, crop_boxes, crop_pixels, exterior_coords, iter_crops
-from ..tl._tables import cells_table
+from ..embedding.crops import CROP_SIZE_UM, crop_boxes, crop_pixels, exterior_coords, iter_crops
 from ._color import cell_values
 from ._figure import finish, grid_axes
 from ._slide import Slide, add_scalebar
 
 
+@doc_params(grid_show_save=GRID_SHOW_SAVE)
 def gallery(
     sdata: SpatialData,
     color: str,
@@ -77,9 +79,7 @@ def gallery(
     ax
         ``n`` Axes to draw in (or as many as the grid has), or a Figure/SubFigure to make them
         in; default a new figure.
-    show, save
-        Call ``plt.show()`` (default: when the figure is new and not saved); path to save the
-        figure to (150 dpi).
+    {grid_show_save}
 
     Returns
     -------

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from .._docs import AX_SHOW_SAVE, doc_params
 from ._figure import finish, single_axes
 
 
+@doc_params(ax_show_save=AX_SHOW_SAVE)
 def gene_scores(
     scores,
     *,
@@ -42,9 +44,7 @@ def gene_scores(
     top
         ``kind="bar"``: only the ``top`` best genes (lowest for ``"mse"``). The mean lines
         stay the means over all genes.
-    ax, show, save
-        Axes to draw in (a new figure otherwise); call ``plt.show()`` (default: when no ``ax``
-        was given and not saving); path to save the figure to (150 dpi).
+    {ax_show_save}
 
     Returns
     -------

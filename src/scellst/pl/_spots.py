@@ -10,14 +10,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from spatialdata import SpatialData
 
+from .._docs import GRID_SHOW_SAVE, doc_params
 from .._sdata import apply_matrix, cells_image_key
+from .._tables import cells_table
 from ..constants import CELLS_KEY, EMBEDDING_KEY, EXPRESSION_KEY
-from ..tl._spots import TARGET_SUM, measured_spots
-from ..tl._tables import cells_table
+from ..mil.spots import TARGET_SUM, measured_spots
 from ._figure import finish, grid_axes
 from ._slide import Slide, add_scalebar, box_figsize, discs, in_box, set_view, view_box
 
 
+@doc_params(grid_show_save=GRID_SHOW_SAVE)
 def spots(
     sdata: SpatialData,
     genes: str | Sequence[str],
@@ -88,9 +90,7 @@ def spots(
     ax
         ``2 * len(genes)`` Axes to draw in (row by row), or a Figure/SubFigure to make them
         in; default a new figure.
-    show, save
-        Call ``plt.show()`` (default: when the figure is new and not saved); path to save the
-        figure to (150 dpi).
+    {grid_show_save}
 
     Returns
     -------
@@ -103,7 +103,7 @@ def spots(
     >>> sst.pl.spots(sdata, ["ERBB2", "CD74"])
     >>> sst.pl.spots(sdata, "ERBB2", spots=model.config["validation_spots"][0])
     """
-    from ..tl._evaluate import pearson_per_gene, slide_spot_predictions, spot_subset
+    from ..mil.evaluate import pearson_per_gene, slide_spot_predictions, spot_subset
 
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:

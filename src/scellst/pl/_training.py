@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from spatialdata import SpatialData
 
+from .._docs import AX_SHOW_SAVE, doc_params
 from ..constants import EXPRESSION_KEY, UNS_KEY
 from ._figure import finish, single_axes
 
@@ -17,6 +18,7 @@ from ._figure import finish, single_axes
 CURVES = {"train_loss": "train", "val_loss": "validation", "loss": "training loss (SSL)"}
 
 
+@doc_params(ax_show_save=AX_SHOW_SAVE)
 def training(
     source,
     *,
@@ -48,9 +50,7 @@ def training(
         Logarithmic loss axis.
     best
         Mark the epoch whose (smoothed) validation loss was best: the weights the model kept.
-    ax, show, save
-        Axes to draw in (a new figure otherwise); call ``plt.show()`` (default: when no ``ax``
-        was given and not saving); path to save the figure to (150 dpi).
+    {ax_show_save}
 
     Returns
     -------

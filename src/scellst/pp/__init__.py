@@ -1,9 +1,14 @@
-"""Preprocessing: nucleus segmentation and cell-to-spot assignment."""
+"""Preprocessing: nucleus segmentation and cell-to-spot assignment.
 
-from ._cellpose import CellposeSegmenter
-from ._rasterize import rasterize_cells
-from ._watershed import WatershedParams
-from .assign import assign_cells
-from .segment import segment
+The public face of :mod:`scellst.segmentation` (``segment``, ``rasterize_cells``, the
+segmenters) and of the bag-making step of :mod:`scellst.mil` (``assign_cells``). Nothing is
+implemented here.
+"""
+
+from ..mil.assign import assign_cells
+from ..segmentation.cellpose import CellposeSegmenter
+from ..segmentation.rasterize import rasterize_cells
+from ..segmentation.segment import segment
+from ..segmentation.watershed import WatershedParams
 
 __all__ = ["CellposeSegmenter", "WatershedParams", "assign_cells", "rasterize_cells", "segment"]

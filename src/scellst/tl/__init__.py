@@ -1,26 +1,31 @@
-"""Tools: cell embeddings, the MIL model (fit), and per-cell prediction."""
+"""Tools: cell embeddings, the MIL model (fit), and per-cell prediction.
+
+The public face of two stages: :mod:`scellst.embedding` (``embed``, encoders,
+``train_encoder``) and :mod:`scellst.mil` (``fit``, ``predict``, ``evaluate``, cross-validation),
+plus the segmentation metrics of :mod:`scellst.segmentation`. Nothing is implemented here.
+"""
 
 import importlib
 
-from ._crops import CropBatch
-from ._encoder import Encoder
-from ._morphology import MorphologyEncoder
-from ._segmentation_metrics import segmentation_metrics
-from .embed import embed
+from ..embedding.crops import CropBatch
+from ..embedding.embed import embed
+from ..embedding.encoder import Encoder
+from ..embedding.morphology import MorphologyEncoder
+from ..segmentation.metrics import segmentation_metrics
 
 # The model code imports torch (~0.6 GB of memory): load it on first use, so that reading,
 # segmenting and embedding slides with the default encoder never pay for it.
 _LAZY = {
-    "MILModel": "._model",
-    "fit": ".fit",
-    "predict": ".predict",
-    "TorchEncoder": "._torch_encoder",
-    "SSLEncoder": "._torch_encoder",
-    "pretrained_encoder": "._torch_encoder",
-    "train_encoder": ".train_encoder",
-    "evaluate": "._evaluate",
-    "leave_one_slide_out": "._crossval",
-    "CrossValidation": "._crossval",
+    "MILModel": "..mil.model",
+    "fit": "..mil.fit",
+    "predict": "..mil.predict",
+    "TorchEncoder": "..embedding.torch_encoder",
+    "SSLEncoder": "..embedding.torch_encoder",
+    "pretrained_encoder": "..embedding.torch_encoder",
+    "train_encoder": "..embedding.ssl_training",
+    "evaluate": "..mil.evaluate",
+    "leave_one_slide_out": "..mil.crossval",
+    "CrossValidation": "..mil.crossval",
 }
 
 __all__ = [
@@ -45,7 +50,7 @@ __all__ = [
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value  # also replaces the submodule that the import bound to `name`
+        globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
-from ..nn.resnet import SMALL_ARCHS, build_backbone, is_known_arch, output_dim
-from ._crops import CROP_MPP, CROP_SIZE_UM, CropBatch
-from ._model import default_device
+from .._torch import resolve_device
+from .._version import __version__
+from .backbones import SMALL_ARCHS, build_backbone, is_known_arch, output_dim
+from .crops import CROP_MPP, CROP_SIZE_UM, CropBatch
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,6 @@ _SAVED_SETTINGS = (
 )  # fmt: skip
 #: How :class:`TorchEncoder` normalises the colour channels of its input.
 NORMALIZATIONS = ("fixed", "slide")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None``: CUDA when available, else the CPU; otherwise ``torch.device(device)``."""
-    if device is None or device == "auto":
-        return default_device()
-    return torch.device(device)
 
 
 def fingerprint(module: nn.Module) -> str:

@@ -16,14 +16,15 @@ from tqdm.auto import tqdm
 from .._sdata import (
     image_level0,
 )
+from .._tables import cells_on_image
+from .._torch import resolve_device
 from ..constants import CELLS_KEY
 from ..io._scale import microns_per_pixel
-from ..nn.augment import AugmentConfig, augment
-from ..nn.resnet import build_backbone, output_dim
-from ..nn.ssl import METHODS, SSLModel, momentum_at
-from ._crops import CROP_MPP, CROP_SIZE_UM, crop_pixels, iter_crops, slide_channel_stats
-from ._tables import cells_on_image
-from ._torch_encoder import INPUT_SIZE_UM, NORMALIZATIONS, SSLEncoder, resolve_device
+from .augment import AugmentConfig, augment
+from .backbones import build_backbone, output_dim
+from .crops import CROP_MPP, CROP_SIZE_UM, crop_pixels, iter_crops, slide_channel_stats
+from .ssl import METHODS, SSLModel, momentum_at
+from .torch_encoder import INPUT_SIZE_UM, NORMALIZATIONS, SSLEncoder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def train_encoder(
     :func:`~scellst.tl.embed` does (``crop_size_um`` at ``crop_mpp`` µm/px, 72 px by default).
     Each training step makes two random views of every crop of a batch (random resized crop
     around the centre to the ``input_size_um`` input, 90° rotations and flips, H&E stain
-    jitter in HED space, colour jitter, blur, erasing: :class:`~scellst.nn.augment.AugmentConfig`)
+    jitter in HED space, colour jitter, blur, erasing: :class:`~scellst.embedding.augment.AugmentConfig`)
     and trains the backbone so that the two views of a cell get similar embeddings (MoCo v3:
     query encoder with projector and predictor, momentum encoder with a cosine momentum
     schedule, symmetric InfoNCE loss; or BYOL). The encoder is the backbone: its pooled
@@ -97,7 +98,7 @@ def train_encoder(
     momentum
         Initial momentum of the momentum encoder (cosine schedule to 1).
     augmentation
-        Augmentation strengths (:class:`~scellst.nn.augment.AugmentConfig` or a dict of its
+        Augmentation strengths (:class:`~scellst.embedding.augment.AugmentConfig` or a dict of its
         fields).
     normalization
         ``"fixed"`` (default): every crop is normalised with the per-channel mean and standard

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stains import TISSUE_OD, total_od
+from .stains import TISSUE_OD, total_od
 
 #: Environment variable naming cellpose's model folder (read by cellpose itself too).
 MODELS_ENV = "CELLPOSE_LOCAL_MODELS_PATH"
@@ -124,12 +124,6 @@ def cellpose_diameter_px(nucleus_diameter_um: float, microns_per_pixel: float) -
     return float(nucleus_diameter_um) / float(microns_per_pixel)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _plain(value: Any) -> Any:
     """A value writable to the table's ``uns`` (no None, numbers and strings as such)."""
     if isinstance(value, dict):
@@ -215,6 +209,8 @@ class CellposeSegmenter:
             raise TypeError("Give the smallest nucleus as min_area_um2 (µm²), not min_size.")
         from cellpose.models import CellposeModel
 
+        from .._torch import resolve_device  # torch is loaded with cellpose anyway
+
         valid = set(inspect.signature(CellposeModel.eval).parameters) - _RESERVED - {"self"}
         unknown = sorted(set(eval_kwargs) - valid)
         if unknown:
@@ -223,7 +219,7 @@ class CellposeSegmenter:
             )
         self.nucleus_diameter_um = float(nucleus_diameter_um)
         self.min_area_um2 = float(min_area_um2)
-        self.device = str(device) if device is not None else _default_device()
+        self.device = str(resolve_device(device))
         on_gpu = not self.device.startswith("cpu")
         self.batch_size = int(batch_size) if batch_size else (32 if on_gpu else 8)
         self.use_bfloat16 = on_gpu if use_bfloat16 is None else bool(use_bfloat16)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from ._tiles import Tile
+from .tiles import Tile
 
 _META = "run.json"
 #: Version of the tile files' contents: bumped when a tile records other measurements, so a

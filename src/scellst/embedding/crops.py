@@ -31,9 +31,9 @@ import shapely
 import xarray as xr
 
 from .._sdata import to_rgb_uint8
-from ..pp._polygons import rings_area, scale_rings
-from ..pp._stains import TISSUE_OD, total_od
-from ..pp._tiles import map_tiles, tile_grid
+from ..segmentation.polygons import rings_area, scale_rings
+from ..segmentation.stains import TISSUE_OD, total_od
+from ..segmentation.tiles import map_tiles, tile_grid
 
 #: Paper geometry: 18 µm crops resampled to 0.25 µm/px (72 px).
 CROP_SIZE_UM = 18.0

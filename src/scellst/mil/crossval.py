@@ -11,10 +11,12 @@ import pandas as pd
 from spatialdata import SpatialData
 
 from ..constants import CELLS_KEY, EMBEDDING_KEY
-from ._evaluate import score_genes
-from ._model import MILModel
-from ._spots import measured_spots, select_genes, slide_bags
-from ._training import fit_slides, training_options
+from .evaluate import score_genes
+from .genes import select_genes
+from .model import MILModel
+from .options import training_options
+from .spots import measured_spots, slide_bags
+from .training import fit_slides
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pp._stains import HED
+from ..segmentation.stains import HED
 
 # The Ruifrok & Johnston (2001) stain vectors (hematoxylin, eosin, DAB) that segmentation and
 # the morphology features deconvolve with; applied here in torch, to float images, on any device.

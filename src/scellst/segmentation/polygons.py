@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import shapely
 
-from ._stains import hematoxylin
-from ._tiles import Tile
+from .stains import hematoxylin
+from .tiles import Tile
 
 
 def owned_nuclei(labels: np.ndarray, rgb: np.ndarray, tile: Tile) -> dict[str, np.ndarray]:

@@ -8,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..nn import CellMLP, aggregate
-from ._spots import TARGET_SUM
+from .._torch import default_device
+from .._version import __version__
+from .mlp import CellMLP
+from .pooling import aggregate
+from .spots import TARGET_SUM
 
 _CONFIG = "config.json"
 _WEIGHTS = "weights.pt"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def spot_predictions(

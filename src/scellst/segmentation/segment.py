@@ -28,14 +28,14 @@ from .._sdata import (
 )
 from ..constants import CELLS_KEY, cells_table_key
 from ..io._scale import microns_per_pixel
-from ._cellpose import CellposeSegmenter
-from ._cells import write_cells
-from ._checkpoint import TileCheckpoint
-from ._polygons import owned_nuclei
-from ._rasterize import rasterize_cells
-from ._stains import total_od
-from ._tiles import Tile, map_tiles, release_free_memory, tile_grid
-from ._watershed import ALIGN, WatershedParams, WatershedSegmenter
+from .cellpose import CellposeSegmenter
+from .cells import write_cells
+from .checkpoint import TileCheckpoint
+from .polygons import owned_nuclei
+from .rasterize import rasterize_cells
+from .stains import total_od
+from .tiles import Tile, map_tiles, release_free_memory, tile_grid
+from .watershed import ALIGN, WatershedParams, WatershedSegmenter
 
 log = logging.getLogger(__name__)
 

@@ -9,21 +9,23 @@ import numpy as np
 import shapely
 from spatialdata import SpatialData
 
+from .._docs import OVERWRITE_TABLE, doc_params
 from .._sdata import (
     add_element,
     apply_matrix,
     check_free,
     image_level0,
 )
+from .._tables import cells_on_image, result_table
 from ..constants import CELLS_KEY, EMBEDDING_KEY, EMBEDDING_OBSM, UNS_KEY
 from ..io._scale import microns_per_pixel
-from ._crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops, slide_channel_stats
-from ._encoder import resolve_encoder
-from ._tables import cells_on_image, result_table
+from .crops import CROP_MPP, CROP_SIZE_UM, exterior_coords, iter_crops, slide_channel_stats
+from .encoder import resolve_encoder
 
 log = logging.getLogger(__name__)
 
 
+@doc_params(overwrite_table=OVERWRITE_TABLE)
 def embed(
     sdata: SpatialData,
     encoder="morphology",
@@ -76,8 +78,7 @@ def embed(
         so features are comparable across slides.
     tile_size, n_jobs, progress
         Tiled reading of the image (pixels per tile side), worker threads, progress bar.
-    overwrite
-        Replace an existing table ``key_added``.
+    {overwrite_table}
 
     Returns
     -------

@@ -7,8 +7,8 @@ import numpy as np
 import shapely
 from scipy.spatial import cKDTree
 
-from ..pp._stains import hematoxylin_eosin
-from ._crops import CropBatch
+from ..segmentation.stains import hematoxylin_eosin
+from .crops import CropBatch
 
 _INTENSITY = [
     "h_mean", "h_std", "h_p10", "h_p50", "h_p90", "e_mean",

@@ -25,8 +25,8 @@ from ..constants import (
     UNS_KEY,
 )
 from ..io._scale import element_microns_per_unit
-from ._model import spot_predictions
-from ._spots import SlideBags, log_normalized, measured_spots, slide_bags
+from .model import spot_predictions
+from .spots import SlideBags, log_normalized, measured_spots, slide_bags
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from ._stains import TISSUE_OD, hematoxylin, total_od
+from .stains import TISSUE_OD, hematoxylin, total_od
 
 
 @dataclass

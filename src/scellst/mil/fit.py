@@ -7,39 +7,41 @@ from collections.abc import Sequence
 from spatialdata import SpatialData
 
 from ..constants import CELLS_KEY, EMBEDDING_KEY
-from ._model import MILModel
-from ._spots import common_genes, select_genes, slide_bags
-from ._training import TRAINING_OPTIONS, fit_slides, training_options
+from .genes import common_genes, select_genes
+from .model import MILModel
+from .options import DEFAULTS, TRAINING_OPTIONS, training_options
+from .spots import slide_bags
+from .training import fit_slides
 
 
 def fit(
     sdata: SpatialData | Sequence[SpatialData],
     genes: str | Sequence[str] = "hvg:50",
     *,
-    loss: str = "mse",
-    aggregation: str = "mean",
-    aggregation_space: str = "linear",
+    loss: str = DEFAULTS.loss,
+    aggregation: str = DEFAULTS.aggregation,
+    aggregation_space: str = DEFAULTS.aggregation_space,
     validation: SpatialData | Sequence[SpatialData] | None = None,
     embedding_key: str = EMBEDDING_KEY,
     cells_key: str = CELLS_KEY,
     spots_key: str | None = None,
-    hidden: Sequence[int] = (256, 256, 256),
-    dropout: float = 0.1,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    batch_size: int = 128,
-    max_epochs: int = 400,
-    patience: int = 20,
-    smoothing: float | None = None,
-    val_fraction: float = 0.2,
-    split: str = "spatial",
-    scale_targets: bool | str = True,
+    hidden: Sequence[int] = DEFAULTS.hidden,
+    dropout: float = DEFAULTS.dropout,
+    lr: float = DEFAULTS.lr,
+    weight_decay: float = DEFAULTS.weight_decay,
+    batch_size: int = DEFAULTS.batch_size,
+    max_epochs: int = DEFAULTS.max_epochs,
+    patience: int = DEFAULTS.patience,
+    smoothing: float | None = DEFAULTS.smoothing,
+    val_fraction: float = DEFAULTS.val_fraction,
+    split: str = DEFAULTS.split,
+    scale_targets: bool | str = DEFAULTS.scale_targets,
     min_spot_counts: int = 20,
     min_gene_counts: int = 200,
     min_gene_fraction: float = 0.1,
-    seed: int = 0,
-    device: str | None = None,
-    progress: bool = True,
+    seed: int = DEFAULTS.seed,
+    device: str | None = DEFAULTS.device,
+    progress: bool = DEFAULTS.progress,
 ) -> MILModel:
     """Train a model that predicts each cell's expression from its embedding.
 

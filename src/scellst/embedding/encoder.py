@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._crops import CropBatch
+from .crops import CropBatch
 
 
 @runtime_checkable
@@ -73,7 +73,7 @@ def _is_torch_module(obj) -> bool:
 
 def resolve_encoder(encoder, weights: str | os.PathLike | None = None) -> Encoder:
     """The :class:`Encoder` described by ``encoder`` (see :func:`scellst.tl.embed`)."""
-    from ._morphology import MorphologyEncoder
+    from .morphology import MorphologyEncoder
 
     if weights is not None and not isinstance(encoder, str):
         raise ValueError(
@@ -86,11 +86,11 @@ def resolve_encoder(encoder, weights: str | os.PathLike | None = None) -> Encode
         return MorphologyEncoder()
     if isinstance(encoder, str | os.PathLike):
         # a pretrained model name or a trained encoder's folder: needs torch (loaded only now)
-        from ._torch_encoder import encoder_from_name
+        from .torch_encoder import encoder_from_name
 
         return encoder_from_name(encoder, weights)
     if _is_torch_module(encoder):
-        from ._torch_encoder import TorchEncoder
+        from .torch_encoder import TorchEncoder
 
         return TorchEncoder(encoder)
     if isinstance(encoder, Encoder):

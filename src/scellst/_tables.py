@@ -8,8 +8,8 @@ import pandas as pd
 from spatialdata import SpatialData
 from spatialdata.models import TableModel
 
-from .._sdata import apply_matrix, cells_image_key, element_to_image_matrix
-from ..constants import CELL_ID, REGION_KEY, SPATIAL_OBSM, cells_table_key
+from ._sdata import apply_matrix, cells_image_key, element_to_image_matrix
+from .constants import CELL_ID, REGION_KEY, SPATIAL_OBSM, cells_table_key
 
 
 def cells_table(sdata: SpatialData, cells_key: str) -> ad.AnnData:

@@ -7,14 +7,16 @@ import logging
 import numpy as np
 from spatialdata import SpatialData
 
+from .._docs import OVERWRITE_TABLE, doc_params
 from .._sdata import add_element, check_free
+from .._tables import cells_table, result_table
 from ..constants import EMBEDDING_KEY, EMBEDDING_OBSM, EXPRESSION_KEY, UNS_KEY
-from ._model import MILModel
-from ._tables import cells_table, result_table
+from .model import MILModel
 
 log = logging.getLogger(__name__)
 
 
+@doc_params(overwrite_table=OVERWRITE_TABLE)
 def predict(
     sdata: SpatialData,
     model: MILModel,
@@ -36,8 +38,7 @@ def predict(
         The embedding table.
     key_added
         Name of the new table.
-    overwrite
-        Replace an existing table ``key_added``.
+    {overwrite_table}
 
     Returns
     -------

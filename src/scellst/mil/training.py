@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -11,77 +10,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..nn import aggregate, mse_loss, nb_nll, poisson_nll
-from ._model import MILModel, default_device
-from ._split import split_spots
-from ._spots import TARGET_SUM, SlideBags, log_normalized
+from .losses import mse_loss, nb_nll, poisson_nll
+from .model import MILModel, default_device
+from .options import target_scaling
+from .pooling import aggregate
+from .split import split_spots
+from .spots import TARGET_SUM, SlideBags, log_normalized
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("mse", "nb", "poisson")
-SCALINGS = ("global", "slide", "none")
 #: With ``smoothing=None``, validation sets of fewer spots than this are monitored through an
 #: exponential moving average of weight AUTO_SMOOTHING (measured in BENCHMARKS.md).
 SMALL_VALIDATION = 20
 AUTO_SMOOTHING = 0.9
-
-
-#: The parameters of :func:`~scellst.tl.fit` that configure training (the others choose the
-#: data). Their defaults are fit's: :func:`training_options` completes them.
-TRAINING_OPTIONS = (
-    "loss", "aggregation", "aggregation_space", "hidden", "dropout", "lr", "weight_decay",
-    "batch_size", "max_epochs", "patience", "smoothing", "val_fraction", "split",
-    "scale_targets", "seed", "device", "progress",
-)  # fmt: skip
-
-
-def training_options(**given) -> dict:
-    """Every training setting of :func:`~scellst.tl.fit` (:data:`TRAINING_OPTIONS`): those
-    ``given``, the others at fit's defaults; checked."""
-    unknown = set(given) - set(TRAINING_OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"Unknown training settings {sorted(unknown)}; allowed: {sorted(TRAINING_OPTIONS)}."
-        )
-    # fit's signature holds the defaults. `from . import fit` goes through the package's lazy
-    # loader, which binds `sst.tl.fit` to the function; importing the submodule `.fit` here
-    # would leave the module there when it is the first to load it.
-    from . import fit
-
-    defaults = inspect.signature(getattr(fit, "fit", fit)).parameters
-    options = {k: given[k] if k in given else defaults[k].default for k in TRAINING_OPTIONS}
-    _check_options(options)
-    return options
-
-
-def _check_options(options: Mapping) -> None:
-    """Raise ValueError for a training setting outside its allowed values."""
-    if options["loss"] not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {options['loss']!r}")
-    if options["aggregation"] not in ("mean", "sum"):
-        raise ValueError(f"aggregation must be 'mean' or 'sum', got {options['aggregation']!r}")
-    if options["aggregation_space"] not in ("log", "linear"):
-        raise ValueError(
-            f"aggregation_space must be 'log' or 'linear', got {options['aggregation_space']!r}"
-        )
-    if options["split"] not in ("spatial", "random"):
-        raise ValueError(f"split must be 'spatial' or 'random', got {options['split']!r}")
-    smoothing = options["smoothing"]
-    if smoothing is not None and not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing!r}")
-    _scaling(options["scale_targets"])
-
-
-def _scaling(scale_targets: bool | str) -> str:
-    if scale_targets is True:
-        return "global"
-    if scale_targets is False:
-        return "none"
-    if scale_targets not in SCALINGS:
-        raise ValueError(
-            f"scale_targets must be True, False or one of {SCALINGS}, got {scale_targets!r}"
-        )
-    return scale_targets
 
 
 def _check_same_encoder(slides: list[SlideBags]) -> None:
@@ -105,8 +46,8 @@ def fit_slides(
 ) -> MILModel:
     """:func:`fit` on bags already collected (:func:`~scellst.tl._spots.slide_bags`).
 
-    ``options`` holds every training setting (:data:`TRAINING_OPTIONS`), as made by
-    :func:`training_options`; ``min_spot_counts`` is the one the bags were
+    ``options`` holds every training setting (:data:`~scellst.mil.options.TRAINING_OPTIONS`), as made by
+    :func:`~scellst.mil.options.training_options`; ``min_spot_counts`` is the one the bags were
     collected with, and ``gene_selection`` the ``genes`` argument of :func:`fit` (recorded:
     ``"hvg:N"``/``"svg:N"``, or ``"list"`` for a list of names).
     """
@@ -117,7 +58,7 @@ def fit_slides(
     dev = torch.device(o["device"]) if o["device"] is not None else default_device()
     data = _Tensors.from_slides(slides, val_slides, genes, o["split"], o["val_fraction"], rng, dev)
     mse = o["loss"] == "mse"
-    scaling = _scaling(o["scale_targets"]) if mse else "none"
+    scaling = target_scaling(o["scale_targets"]) if mse else "none"
     config = {
         "genes": list(genes),
         "n_features": int(data.features.shape[1]),

@@ -1,0 +1,23 @@
+"""Stage 3, multiple-instance learning: spots as bags of cells, a per-cell model trained on
+them, and per-cell prediction.
+
+Reads the spots (shapes + counts table from :mod:`scellst.io`), the cells and their embedding
+table; :func:`~scellst.pp.assign_cells` writes ``obs["spot"]`` of the cells table,
+:func:`~scellst.tl.fit` returns a :class:`~scellst.tl.MILModel` (saved to a directory, never
+into the SpatialData object), :func:`~scellst.tl.predict` writes the table ``sst_expression``
+(:data:`~scellst.constants.EXPRESSION_KEY`): cells x genes, linked to the cell shapes.
+
+Modules:
+
+- ``assign``: cell -> spot (centroid inside the spot disk);
+- ``spots``: a slide's bags (the cells of each spot, their embeddings) and spot targets;
+- ``genes``: gene selection (named list, ``"hvg:N"``, ``"svg:N"``);
+- ``options``: the training settings and their defaults (read by ``fit`` and the trainer);
+- ``training``, ``split``, ``losses``, ``pooling``, ``mlp``: the trainer, validation splits,
+  spot losses, cell -> spot pooling and the per-cell network;
+- ``model``: :class:`~scellst.tl.MILModel` (predict, save, load);
+- ``fit``, ``predict``: the public entry points;
+- ``evaluate``, ``crossval``: per-gene scores at spot or cell level, leave-one-slide-out.
+
+Importing this package imports none of its modules (and never torch).
+"""
