@@ -30,6 +30,11 @@ SPOTS_TABLE_KEY = "spots_table"
 TRUE_LABELS_KEY = "truth_labels"
 TRUE_CELLS_KEY = "truth_cells"
 TRUE_EXPRESSION_KEY = "truth_expression"
+#: Shapes element of the synthetic cells' outlines (nuclei dilated) that split a cell's counts
+#: over square bins (``sst.datasets.synthetic(bins_um=...)`` only).
+TRUE_CELL_BOUNDARIES_KEY = "truth_cell_boundaries"
+#: obsm entry of the synthetic truth table: cells x bins fraction of each cell in each bin.
+BIN_OVERLAP_OBSM = "bin_overlap"
 
 # --- table columns ----------------------------------------------------------------------------
 REGION_KEY = "region"
@@ -43,6 +48,21 @@ CELL_TYPE_COLUMN = "cell_type"
 SPATIAL_OBSM = "spatial"
 EMBEDDING_OBSM = "X_sst"
 NO_SPOT = -1
+#: obs columns of a square-bin (Visium HD) table: the bin's row and column on the bin grid.
+ARRAY_ROW = "array_row"
+ARRAY_COL = "array_col"
+
+# --- spot geometry, recorded in the spots table's ``uns[UNS_KEY]`` -----------------------------
+#: ``"circle"`` (Visium, legacy ST: circles with a ``radius`` column) or ``"square"`` (Visium HD
+#: bins: square polygons). A spots table without this entry has circles.
+SPOT_SHAPE_KEY = "spot_shape"
+SPOT_SHAPE_CIRCLE = "circle"
+SPOT_SHAPE_SQUARE = "square"
+#: Size of a spot in µm: the diameter of a circle, the side of a square bin.
+SPOT_SIZE_KEY = "spot_size_um"
+#: For square bins: the bin grid, ``scellst.mil.bins.BinGrid.to_dict()`` in full-resolution
+#: pixels, whose (row, col) are the table's ``ARRAY_ROW``, ``ARRAY_COL`` columns.
+BIN_GRID_KEY = "bin_grid"
 
 #: ``uns`` key under which scellst records parameters and provenance of each step.
 UNS_KEY = "scellst"

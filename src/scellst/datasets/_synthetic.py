@@ -16,6 +16,8 @@ from spatialdata.models import Image2DModel, Labels2DModel, ShapesModel, TableMo
 from spatialdata.transformations import Identity
 
 from ..constants import (
+    BIN_GRID_KEY,
+    BIN_OVERLAP_OBSM,
     CELL_ID,
     CELL_TYPE_COLUMN,
     IMAGE_KEY,
@@ -26,11 +28,16 @@ from ..constants import (
     SPOT_COLUMN,
     SPOT_ELEMENT_COLUMN,
     SPOT_ID,
+    SPOT_SHAPE_KEY,
+    SPOT_SHAPE_SQUARE,
+    SPOT_SIZE_KEY,
     SPOTS_KEY,
     SPOTS_TABLE_KEY,
+    TRUE_CELL_BOUNDARIES_KEY,
     TRUE_CELLS_KEY,
     TRUE_EXPRESSION_KEY,
     TRUE_LABELS_KEY,
+    UNS_KEY,
 )
 from ..io._scale import microns_scale
 from . import _render
@@ -67,8 +74,12 @@ def synthetic(
     library_size_cv: float = 0.3,
     counts_per_cell: float = 200.0,
     tissue_fraction: float = 0.8,
+    bins_um: float | None = None,
+    cell_dilation_um: float = 3.0,
+    bins_angle_deg: float = 0.0,
 ) -> SpatialData:
-    """Generate a synthetic H&E slide with Visium-like spots and single-cell ground truth.
+    """Generate a synthetic H&E slide with Visium-like spots (or Visium HD-like square bins) and
+    single-cell ground truth.
 
     The tissue is a noisy Voronoi mosaic of tumour nests, stroma, immune aggregates and inflamed
     stroma, with white holes and margins. Each region holds its own mixture of four cell types
@@ -85,6 +96,16 @@ def synthetic(
     Each cell expresses marker genes of its type, two genes that follow its nucleus area and its
     hematoxylin darkness, and background genes; spot counts are negative-binomial draws around a
     size factor times the summed expression of the cells whose centroid lies in the spot.
+
+    With ``bins_um`` the spots are Visium HD-like square bins of that side tiling the tissue
+    instead. Each cell is its nucleus dilated by ``cell_dilation_um``, and its transcripts are
+    spread over the bins by area: cell ``c`` expresses ``lambda_c ~ Gamma(theta, rate_c /
+    theta)`` per gene and leaves ``Poisson(size_factor_b * W[c, b] * lambda_c)`` transcripts in
+    bin ``b``, where ``W[c, b]`` is the fraction of the cell lying in the bin. A bin's counts are
+    the sum of those of its cells, so they add up exactly to the cells' captured transcripts
+    (``layers["counts"]`` of the truth), and overlap-aware pooling has a real signal to recover.
+    The same ``seed`` (and other arguments) gives the same tissue, cells and cell expression
+    with and without ``bins_um``, so Visium spots and HD bins can be compared on one slide.
 
     Parameters
     ----------
@@ -112,6 +133,16 @@ def synthetic(
         Expected counts of an average cell (before the spot size factor).
     tissue_fraction
         Approximate fraction of the slide covered by tissue.
+    bins_um
+        Side of square bins in µm (Visium HD: 8 or 16) instead of Visium spots; ``None``
+        (default) for spots. ``spot_diameter_um`` and ``spot_pitch_um`` then play no part in
+        the counts.
+    cell_dilation_um
+        With ``bins_um``: distance in µm by which each nucleus is grown into the cell whose
+        transcripts are spread over the bins.
+    bins_angle_deg
+        With ``bins_um``: rotation of the bin grid on the image in degrees (Space Ranger's
+        grid is rarely aligned with the image axes).
 
     Returns
     -------
@@ -131,6 +162,21 @@ def synthetic(
           darkness), ``SPOT_COLUMN`` (spot of the centroid, ``NO_SPOT`` if none); ``uns`` holds
           ``marker_genes``, ``morphology_genes`` and the generation parameters (``synthetic``).
 
+        With ``bins_um``:
+
+        - ``SPOTS_KEY`` holds square polygons (no ``radius``), one per bin under tissue, index
+          ``0..B-1``; ``SPOTS_TABLE_KEY`` has obs ``array_row``, ``array_col`` (the bin on the
+          grid), ``in_tissue``, ``n_cells`` (cells whose centroid is in the bin), ``size_factor``
+          and ``uns["scellst"]`` with ``spot_shape="square"``, ``spot_size_um``,
+          ``bin_size_um``, ``microns_per_pixel`` and ``bin_grid``
+          (:meth:`scellst.mil.bins.BinGrid.to_dict`);
+        - ``TRUE_CELL_BOUNDARIES_KEY``: the cells (nuclei dilated) that spread the transcripts;
+        - the truth table also has ``layers["counts"]`` (CSR int32: each cell's transcripts
+          captured in the bins; summed over cells they equal the bins' counts),
+          ``obsm["bin_overlap"]`` (CSR cells x bins: fraction of each cell in each bin),
+          obs ``in_bins_fraction`` (its row sums), and ``SPOT_COLUMN`` is the bin of the
+          centroid.
+
         Every element maps to ``"global"`` by identity and to ``"microns"`` by a scale.
         Coordinates follow SpatialData's image convention: pixel ``(row i, column j)`` covers
         ``[j, j + 1) x [i, i + 1)`` (centre ``x = j + 0.5, y = i + 0.5``).
@@ -143,6 +189,9 @@ def synthetic(
     0.5
     >>> truth = sdata["truth_expression"]
     >>> truth.obs["cell_type"].value_counts()  # doctest: +SKIP
+    >>> hd = sst.datasets.synthetic(shape=(1024, 1024), seed=0, bins_um=8)  # same cells, 8 µm bins
+    >>> hd["spots_table"].uns["scellst"]["spot_shape"]
+    'square'
     """
     height, width = (int(s) for s in shape)
     if height < 64 or width < 64:
@@ -168,6 +217,14 @@ def synthetic(
         raise ValueError("spot_diameter_um must not exceed spot_pitch_um (spots would overlap).")
     if library_size_cv < 0 or not 0 < tissue_fraction <= 1:
         raise ValueError("library_size_cv must be >= 0 and tissue_fraction in (0, 1].")
+    if bins_um is not None:
+        bins_um = float(bins_um)
+        if not np.isfinite(bins_um) or bins_um <= 0:
+            raise ValueError(f"bins_um must be a positive number of µm, got {bins_um!r}.")
+        if not np.isfinite(cell_dilation_um) or cell_dilation_um < 0:
+            raise ValueError(f"cell_dilation_um must be >= 0, got {cell_dilation_um!r}.")
+        if not np.isfinite(bins_angle_deg):
+            raise ValueError(f"bins_angle_deg must be finite, got {bins_angle_deg!r}.")
 
     rng = np.random.default_rng(seed)
     extent_um = (height * mpp, width * mpp)
@@ -177,6 +234,7 @@ def synthetic(
     candidates = _render.candidate_nuclei(rng, layout, extent_um, float(cell_spacing_um))
     genes = _gene_model(rng, int(n_genes))
     spots_um, spot_rowcol = _spot_grid(layout, extent_um, spot_pitch_um, spot_diameter_um)
+    # drawn with bins too, so that the cells' expression (drawn next) does not depend on them
     size_factor = _size_factors(rng, len(spots_um), library_size_cv)
     render_rng = np.random.default_rng([seed, 1])  # pixel-level noise, drawn separately
     count_rng = np.random.default_rng([seed, 2])
@@ -212,10 +270,24 @@ def synthetic(
 
     # 4. expression, spots and counts
     rate = _cell_rates(rng, genes, nuc, area_um2, float(counts_per_cell))
-    spots_px = spots_um / mpp
-    radius_px = spot_diameter_um / 2 / mpp
-    cell_spot = _assign_spots(np.column_stack([cen_x, cen_y]), spots_px, radius_px)
-    counts, n_in_spot = _spot_counts(count_rng, rate, cell_spot, size_factor, nb_dispersion)
+    nuclei = _render.polygons(nuc, mpp)
+    centroids = np.column_stack([cen_x, cen_y])
+    if bins_um is None:
+        spots_px = spots_um / mpp
+        radius_px = spot_diameter_um / 2 / mpp
+        cell_spot = _assign_spots(centroids, spots_px, radius_px)
+        counts, n_in_spot = _spot_counts(count_rng, rate, cell_spot, size_factor, nb_dispersion)
+    else:
+        from ._synthetic_hd import make_bins
+
+        hd = make_bins(
+            layout=layout, nuclei=nuclei, centroids=centroids, rate=rate, mpp=mpp,
+            shape=(height, width), bins_um=bins_um, angle_deg=float(bins_angle_deg),
+            cell_dilation_um=float(cell_dilation_um), library_size_cv=float(library_size_cv),
+            theta=float(nb_dispersion), size_rng=np.random.default_rng([seed, 3]),
+            count_rng=count_rng,
+        )  # fmt: skip
+        cell_spot = hd.cell_bin
 
     # 5. SpatialData
 
@@ -238,15 +310,27 @@ def synthetic(
         labels, dims=("y", "x"), chunks=(1024, 1024), transformations=transformations()
     )
     ids = np.arange(1, n_cells + 1, dtype=np.int64)
-    cells_gdf = gpd.GeoDataFrame(geometry=_render.polygons(nuc, mpp), index=pd.Index(ids))
+    cells_gdf = gpd.GeoDataFrame(geometry=nuclei, index=pd.Index(ids))
     cells_el = ShapesModel.parse(cells_gdf, transformations=transformations())
-    spots_el = ShapesModel.parse(
-        spots_px,
-        geometry=0,
-        radius=np.full(len(spots_px), radius_px),
-        index=np.arange(len(spots_px), dtype=np.int64),
-        transformations=transformations(),
-    )
+    shapes = {TRUE_CELLS_KEY: cells_el}
+    if bins_um is None:
+        spots_el = ShapesModel.parse(
+            spots_px,
+            geometry=0,
+            radius=np.full(len(spots_px), radius_px),
+            index=np.arange(len(spots_px), dtype=np.int64),
+            transformations=transformations(),
+        )
+    else:
+        spots_el = ShapesModel.parse(
+            gpd.GeoDataFrame(geometry=hd.squares, index=pd.RangeIndex(len(hd.bins))),
+            transformations=transformations(),
+        )
+        shapes[TRUE_CELL_BOUNDARIES_KEY] = ShapesModel.parse(
+            gpd.GeoDataFrame(geometry=hd.cell_shapes, index=pd.Index(ids)),
+            transformations=transformations(),
+        )
+    shapes[SPOTS_KEY] = spots_el
 
     params = {
         "seed": int(seed),
@@ -265,14 +349,36 @@ def synthetic(
         "morphology_effect": _MORPH_EFFECT,
         "pixel_centre": "pixel (row i, column j) covers [j, j+1) x [i, i+1), centre (j+0.5, i+0.5)",
     }
-    truth = _truth_table(
-        genes, nuc, rate, ids, area_um2, np.column_stack([cen_x, cen_y]), cell_spot, params
-    )
-    spots_table = _spots_table(genes, counts, spots_px, spot_rowcol, n_in_spot, size_factor)
+    if bins_um is not None:
+        params.update(
+            bins_um=bins_um,
+            cell_dilation_um=float(cell_dilation_um),
+            bins_angle_deg=float(bins_angle_deg),
+        )
+    truth = _truth_table(genes, nuc, rate, ids, area_um2, centroids, cell_spot, params)
+    if bins_um is None:
+        spots_table = _spots_table(genes, counts, spots_px, spot_rowcol, n_in_spot, size_factor)
+    else:
+        truth.layers["counts"] = hd.cell_counts
+        truth.obsm[BIN_OVERLAP_OBSM] = hd.overlap
+        truth.obs["in_bins_fraction"] = np.asarray(hd.overlap.sum(1)).ravel()
+        spots_table = _spots_table(
+            genes, hd.counts, hd.grid.centres(hd.bins), hd.bins, hd.n_cells, hd.size_factor
+        )
+        spots_table.obs["in_tissue"] = np.ones(len(hd.bins), dtype=np.int64)
+        spots_table.obs_names = [f"bin_{i}" for i in range(len(hd.bins))]
+        spots_table.uns[UNS_KEY] = {
+            "reader": "synthetic",
+            "microns_per_pixel": mpp,
+            "bin_size_um": bins_um,
+            SPOT_SHAPE_KEY: SPOT_SHAPE_SQUARE,
+            SPOT_SIZE_KEY: bins_um,
+            BIN_GRID_KEY: hd.grid.to_dict(),
+        }
     return SpatialData(
         images={IMAGE_KEY: image_el},
         labels={TRUE_LABELS_KEY: labels_el},
-        shapes={TRUE_CELLS_KEY: cells_el, SPOTS_KEY: spots_el},
+        shapes=shapes,
         tables={TRUE_EXPRESSION_KEY: truth, SPOTS_TABLE_KEY: spots_table},
     )
 

@@ -5,6 +5,7 @@ from ._image import read_image
 from ._nuclei import read_nuclei
 from ._scale import microns_per_pixel, set_microns_per_pixel
 from ._visium import read_visium
+from ._visium_hd import read_visium_hd
 from ._write import write_zarr
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "read_image",
     "read_nuclei",
     "read_visium",
+    "read_visium_hd",
     "set_microns_per_pixel",
     "write_zarr",
 ]

@@ -83,7 +83,9 @@ def read_visium(
     FileNotFoundError
         If the folder, the scale factors or the full-resolution image file is missing.
     ValueError
-        If the scale factors have no valid ``spot_diameter_fullres``.
+        If the scale factors have no valid ``spot_diameter_fullres``, or if ``path`` is Visium HD
+        output (``binned_outputs``, ``tissue_positions.parquet``): that is read by
+        :func:`scellst.io.read_visium_hd`.
 
     Examples
     --------
@@ -96,6 +98,14 @@ def read_visium(
     path = resolve_path(path, "Visium folder")
     if not path.is_dir():
         raise FileNotFoundError(f"Visium folder not found: {str(path)!r} is not a directory.")
+    from ._visium_hd import is_visium_hd
+
+    if is_visium_hd(path):
+        raise ValueError(
+            f"{str(path)!r} is Visium HD Space Ranger output (square bins, "
+            "tissue_positions.parquet): read it with `sst.io.read_visium_hd(path, bin_size_um=8 "
+            "or 16, fullres_image_file=...)`."
+        )
     mpp, spot_diameter_px = _visium_mpp(path, kwargs.get("scalefactors_file"))
     dataset_id = _dataset_id(path, dataset_id, kwargs.get("counts_file", _COUNTS_FILE))
 
