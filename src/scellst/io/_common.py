@@ -224,3 +224,17 @@ def check_mpp(mpp: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"microns_per_pixel must be a positive number, got {mpp!r}.")
     return value
+
+
+def sanitize_name(name: str) -> str:
+    """``name`` with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.strip())
+
+
+def is_tiff(path: Path) -> bool:
+    """Whether ``path`` is a file tifffile can open."""
+    try:
+        with tifffile.TiffFile(path):
+            return True
+    except (tifffile.TiffFileError, OSError):
+        return False

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import h5py
-import tifffile
 from spatialdata import SpatialData
 from spatialdata.transformations import (
     Identity,
@@ -18,7 +16,7 @@ from spatialdata.transformations import (
 )
 
 from ..constants import MICRONS_CS, REGION_KEY, SPOT_ID, UNS_KEY
-from ._common import resolve_path
+from ._common import is_tiff, resolve_path, sanitize_name
 from ._pyramid import open_tiff_levels, rgb_image_element
 from ._scale import compose_to_microns, microns_scale
 
@@ -112,7 +110,7 @@ def read_visium(
     full_image = None
     if fullres_image_file is not None:
         image_path = resolve_path(path / Path(fullres_image_file), "Full-resolution image")
-        if _is_tiff(image_path):
+        if is_tiff(image_path):
             full_image = rgb_image_element(
                 open_tiff_levels(image_path), dataset_id, mpp, what=repr(str(image_path))
             )
@@ -189,22 +187,10 @@ def _dataset_id(path: Path, dataset_id: str | None, counts_file: str) -> str:
             ids = f.attrs.get("library_ids")
         if ids is not None and len(ids):
             lid = ids[0]
-            lid = _sanitize(lid.decode() if isinstance(lid, bytes) else str(lid))
+            lid = sanitize_name(lid.decode() if isinstance(lid, bytes) else str(lid))
             if lid:
                 return lid
     folder = path.resolve()
     if folder.name == "outs" and folder.parent.name:  # <sample>/outs from Space Ranger
         folder = folder.parent
-    return _sanitize(folder.name) or "visium"
-
-
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.strip())
-
-
-def _is_tiff(path: Path) -> bool:
-    try:
-        with tifffile.TiffFile(path):
-            return True
-    except (tifffile.TiffFileError, OSError):
-        return False
+    return sanitize_name(folder.name) or "visium"

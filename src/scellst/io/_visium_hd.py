@@ -40,10 +40,9 @@ from ..constants import (
     SPOT_SIZE_KEY,
     UNS_KEY,
 )
-from ._common import array_to_yxc, resolve_path
+from ._common import array_to_yxc, is_tiff, resolve_path, sanitize_name
 from ._pyramid import RGB, open_tiff_levels, rgb_image_element
 from ._scale import compose_to_microns, microns_scale
-from ._visium import _is_tiff, _sanitize
 
 _COUNTS_FILE = "filtered_feature_bc_matrix.h5"
 _POSITIONS_FILE = "spatial/tissue_positions.parquet"
@@ -272,7 +271,7 @@ def read_visium_hd(
     images: dict[str, Any] = {}
     if image_path is not None:
         what = repr(str(image_path))
-        levels = open_tiff_levels(image_path) if _is_tiff(image_path) else [_lazy_pil(image_path)]
+        levels = open_tiff_levels(image_path) if is_tiff(image_path) else [_lazy_pil(image_path)]
         full = rgb_image_element(levels, dataset_id, mpp, what=what)
         images[f"{dataset_id}_full_image"] = full
         _check_on_image(centres, levels[0].shape[1], levels[0].shape[0], image_path)
@@ -372,14 +371,14 @@ def _hd_dataset_id(bin_dir: Path, dataset_id: str | None, library_ids: list[str]
     if dataset_id is not None:
         return dataset_id
     for lid in library_ids:
-        if _sanitize(lid):
-            return _sanitize(lid)
+        if sanitize_name(lid):
+            return sanitize_name(lid)
     folder = bin_dir.resolve().parent
     if folder.name == _BINNED:
         folder = folder.parent
     if folder.name == "outs" and folder.parent.name:  # <sample>/outs
         folder = folder.parent
-    return _sanitize(folder.name) or "visium_hd"
+    return sanitize_name(folder.name) or "visium_hd"
 
 
 # --- files ---------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ into the SpatialData object), :func:`~scellst.tl.predict` writes the table ``sst
 Modules:
 
 - ``assign``: cell -> spot (centroid inside the spot disk);
+- ``bins``: square-bin geometry of Visium HD (bin grid, cell x bin overlap fractions,
+  coarser bins), also used by the HD reader and the synthetic HD slides;
 - ``spots``: a slide's bags (the cells of each spot, their embeddings) and spot targets;
 - ``genes``: gene selection (named list, ``"hvg:N"``, ``"svg:N"``);
 - ``options``: the training settings and their defaults (read by ``fit`` and the trainer);
