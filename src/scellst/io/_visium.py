@@ -18,7 +18,7 @@ from spatialdata.transformations import (
 from ..constants import MICRONS_CS, REGION_KEY, SPOT_ID, UNS_KEY
 from ._common import is_tiff, resolve_path, sanitize_name
 from ._pyramid import open_tiff_levels, rgb_image_element
-from ._scale import compose_to_microns, microns_scale
+from ._scale import add_global_frame, compose_to_microns, microns_scale
 
 #: Diameter of a Visium spot in µm (10x Genomics specification).
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -74,7 +74,8 @@ def read_visium(
           ``uns["scellst"]`` records the reader, dataset id and microns per pixel.
 
         All of them have a transformation to ``"microns"`` besides spatialdata-io's ``<id>``,
-        ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` systems.
+        ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` systems, and to ``"global"``
+        the same as to ``<id>`` (full-resolution pixels, the frame scverse tools assume).
 
     Raises
     ------
@@ -131,6 +132,7 @@ def read_visium(
         to_microns = microns_scale(mpp) if isinstance(t, Identity) else compose_to_microns(t, mpp)
         set_transformation(element, to_microns, to_coordinate_system=MICRONS_CS)
 
+    add_global_frame(sdata, dataset_id)
     circles = sdata.shapes[dataset_id]
     if "radius" not in circles.columns:  # spatialdata-io sets it; be safe across versions
         circles["radius"] = spot_diameter_px / 2.0
