@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from ._scale import add_global_frame, compose_to_microns, microns_scale
 VISIUM_SPOT_DIAMETER_UM = 55.0
 _COUNTS_FILE = "filtered_feature_bc_matrix.h5"
 _SCALEFACTORS_FILE = "spatial/scalefactors_json.json"
+
+log = logging.getLogger(__name__)
 
 
 def read_visium(
@@ -122,7 +125,17 @@ def read_visium(
         # spatialdata-io hands a string region column to TableModel, which converts it: not
         # actionable by the user
         warnings.filterwarnings("ignore", message=".*to categorical dtype", category=UserWarning)
+        # anndata's notice on reading a count matrix with repeated gene names (10x feature
+        # names are not unique, their ids are): the names are made unique just below
+        warnings.filterwarnings(
+            "ignore", message="Variable names are not unique", category=UserWarning
+        )
         sdata = spatialdata_io.visium(path, dataset_id=dataset_id, **kwargs)
+    for table in sdata.tables.values():
+        if not table.var_names.is_unique:
+            n = int(table.var_names.duplicated().sum())
+            table.var_names_make_unique()
+            log.info("read_visium: %d repeated gene names made unique (suffixes -1, -2, ...)", n)
     if full_image is not None:
         sdata.images[f"{dataset_id}_full_image"] = full_image
 

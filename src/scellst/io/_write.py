@@ -159,7 +159,7 @@ def quiet_zarr() -> Iterator[None]:
 def _jpeg_images(sdata: SpatialData) -> dict[str, list[da.Array]]:
     """The (c, y, x) uint8 RGB images of ``sdata``, as their levels (finest first)."""
     out = {}
-    for key, element in sdata.images.items():
+    for key in sdata.images:
         levels = image_levels(sdata, key)
         first = levels[0]
         if first.dims == ("c", "y", "x") and first.shape[0] == 3 and first.dtype == "uint8":
