@@ -282,6 +282,10 @@ def test_read_visium(visium_dir, tmp_path):
     circles = sdata.shapes[ds]
     radius_um = circles["radius"].to_numpy() * element_microns_per_unit(sdata, ds)
     np.testing.assert_allclose(radius_um, 27.5)
+    # "global" is the full-resolution pixel frame too (what scverse tools assume)
+    for key in (f"{ds}_full_image", f"{ds}_hires_image", ds):
+        ts = get_transformation(sdata[key], get_all=True)
+        assert ts["global"] == ts[ds]
 
     full = image_level0(sdata, f"{ds}_full_image")
     assert full.shape == (3, *FULLRES_SHAPE) and full.dtype == np.uint8
