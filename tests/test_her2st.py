@@ -82,11 +82,11 @@ def test_spatialdata_plot_snippet_on_whole_section(c2, tmp_path):
     height, width = sdata["he"]["scale0"]["image"].shape[1:]
     mpp = sst.io.microns_per_pixel(sdata)
     assert ax.get_xlim()[1] == pytest.approx(width * mpp, rel=0.05)  # axes in µm
-    # the H&E and the datashader raster of the cells, both placed in µm on the image
+    # the H&E and, above it, the datashader raster of the cells (colour where there are cells)
     images = ax.get_images()
     assert len(images) >= 2
-    cells = images[-1]
-    x0, x1, y0, y1 = cells.get_extent()
-    assert 0 <= min(x0, x1) < max(x0, x1) <= width * mpp * 1.01
-    assert 0 <= min(y0, y1) < max(y0, y1) <= height * mpp * 1.01
+    raster = np.asarray(images[-1].get_array())
+    assert raster.ndim == 3 and raster.shape[-1] == 4
+    drawn = raster[..., 3] > 0
+    assert 0.01 < drawn.mean() < 0.9, drawn.mean()
     plt.close("all")
