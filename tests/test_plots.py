@@ -85,7 +85,9 @@ def test_cells_embedding_coordinate_and_cells_table_column(predicted):
     expected = sdata["sst_embedding"].obsm["X_sst"][:, 3][inside]
     np.testing.assert_allclose(ax.collections[0].get_array(), expected, rtol=1e-6)
     # an obs column found in the cells table although the expression table is searched first
-    ax = sst.pl.cells(sdata, color="mean_hematoxylin", table_key="sst_embedding", region=box, show=False)
+    ax = sst.pl.cells(
+        sdata, color="mean_hematoxylin", table_key="sst_embedding", region=box, show=False
+    )
     expected = sdata["sst_cells_table"].obs["mean_hematoxylin"].to_numpy()[inside]
     np.testing.assert_allclose(ax.collections[0].get_array(), expected)
     with pytest.raises(IndexError, match="from 0 to"):

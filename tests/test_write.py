@@ -73,12 +73,12 @@ def test_default_jpeg_is_compact_and_reads_back(slide, tmp_path):
     assert [lv.shape for lv in read] == [lv.shape for lv in levels]
     diff = np.abs(read[1].values.astype(float) - levels[1].values)
     assert diff.mean() < 8
-    assert sst.io.microns_per_pixel(back, "pyr") == pytest.approx(sst.io.microns_per_pixel(slide, "he"))
+    assert sst.io.microns_per_pixel(back, "pyr") == pytest.approx(
+        sst.io.microns_per_pixel(slide, "he")
+    )
     # everything but the RGB images is stored exactly
     np.testing.assert_array_equal(back["truth_labels"].values, slide["truth_labels"].values)
-    np.testing.assert_array_equal(
-        back["spots_table"].X.toarray(), slide["spots_table"].X.toarray()
-    )
+    np.testing.assert_array_equal(back["spots_table"].X.toarray(), slide["spots_table"].X.toarray())
 
 
 def test_jpeg_store_reads_in_a_process_that_does_not_import_scellst(slide, tmp_path):
