@@ -366,3 +366,133 @@ def test_demo_writes_a_readable_store(tmp_path, caplog):
     assert main(argv) == 0
     assert "skipping predict" in caplog.text
     assert main(["demo", "--out", str(out), "--size", "1024", "--quiet"]) == 2
+
+
+# ---- errors before any work, in command-line terms -----------------------------------------
+def test_unknown_genes_fail_before_any_work(slide_store, tmp_path, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("segmentation started")
+
+    monkeypatch.setattr(sst.pp, "segment", no_work)
+    out = tmp_path / "g.zarr"
+    argv = ["run", "--zarr", str(slide_store), "--out", str(out), "--quiet"]
+    assert main(argv + ["--genes", "NOTAGENE,EPCAM,krt8"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 3 genes are not measured" in err and "NOTAGENE" in err
+    assert "Same name in other case: KRT8" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_predict_encoder_mismatch_is_said_before_any_weights(fresh, tmp_path, capsys, monkeypatch):
+    from scellst.embedding import encoder as encoder_module
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were looked for")
+
+    monkeypatch.setattr(encoder_module, "resolve_encoder", no_weights)
+    _, model, _ = fresh  # a morphology model
+    image = tmp_path / "s.tif"
+    tifffile.imwrite(image, np.full((64, 64, 3), 200, np.uint8))
+    argv = ["predict", "--model", str(model), "--image", str(image), "--mpp", "0.5"]
+    assert main(argv + ["--out", str(tmp_path / "p.zarr"), "--encoder", "resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "--encoder resnet50 does not match the model" in err and "'morphology'" in err
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_cli_errors_give_cli_advice(fresh, slide_store, tmp_path, capsys):
+    _, model, _ = fresh
+    png = tmp_path / "slide.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    argv = ["predict", "--model", str(model), "--image", str(png), "--out", str(tmp_path / "p")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not a TIFF" in err and "slide.tif" in err and "--mpp" in err
+    assert "imread" not in err and "microns_per_pixel=" not in err
+    # a HEST sample whose metadata has no pixel size
+    hest = tmp_path / "hest"
+    for sub in ("st", "wsis", "metadata"):
+        (hest / sub).mkdir(parents=True)
+    sd.read_zarr(slide_store)["spots_table"].write_h5ad(hest / "st" / "S.h5ad")
+    tifffile.imwrite(hest / "wsis" / "S.tif", np.full((64, 64, 3), 200, np.uint8))
+    (hest / "metadata" / "S.json").write_text(json.dumps({"spot_diameter": 55}))
+    argv = ["run", "--hest", str(hest), "--sample", "S", "--out", str(tmp_path / "h.zarr")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "with --mpp" in err and "microns_per_pixel=" not in err
+
+
+def test_segmentation_parameters_from_the_command_line(slide_store, tmp_path, capsys):
+    base = ["run", "--zarr", str(slide_store), "--stop-after", "segment"] + FAST
+    out = tmp_path / "seg.zarr"
+    argv = base + ["--out", str(out), "--seg-param", "min_area_um2=30"]
+    assert main(argv + ["--seg-param", "tissue_od=0.06"]) == 0
+    params = sd.read_zarr(out)["sst_cells_table"].uns["scellst"]["segmentation"]["params"]
+    assert params["min_area_um2"] == 30 and params["tissue_od"] == 0.06
+    # the same from a config file table; a resumed run with other values is refused
+    config = tmp_path / "seg.toml"
+    config.write_text("[run.seg_param]\nmin_area_um2 = 30\ntissue_od = 0.06\n")
+    assert main(base + ["--out", str(out), "--config", str(config)]) == 0
+    assert main(base + ["--out", str(out), "--seg-param", "min_area_um2=12"]) == 2
+    assert "--seg-params" in capsys.readouterr().err
+    for bad, message in (
+        ("min_area=3", "unknown watershed parameter(s) min_area"),
+        ("min_area_um2", "expected KEY=VALUE"),
+    ):
+        assert main(base + ["--out", str(tmp_path / "x.zarr"), "--seg-param", bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+# ---- nothing lost on faults ------------------------------------------------------------------
+def test_failed_stage_write_leaves_no_partial_element(slide_store, tmp_path, monkeypatch):
+    from scellst.cli import _store
+
+    out = tmp_path / "f.zarr"
+    argv = ["run", "--zarr", str(slide_store), "--out", str(out)] + FAST
+    real = _store.write_store
+
+    def fail_on_embedding(part, path, **kwargs):
+        if "sst_embedding" in part.tables:
+            real(part, path, **kwargs)  # written aside, then the fault before the move
+            raise OSError("No space left on device")
+        real(part, path, **kwargs)
+
+    monkeypatch.setattr(_store, "write_store", fail_on_embedding)
+    with pytest.raises(OSError, match="No space left"):
+        main(argv)
+    store = sd.read_zarr(out)
+    assert "sst_cells" in store and "sst_embedding" not in store
+    assert not (out / "tables" / "sst_embedding").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.zarr"]  # nothing left aside
+    monkeypatch.setattr(_store, "write_store", real)
+    assert main(argv) == 0  # resumes after the segmentation
+    assert "sst_expression" in sd.read_zarr(out)
+
+
+def test_failed_overwrite_keeps_the_earlier_store(fresh, tmp_path, slide_store, monkeypatch):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(fresh[0], out)
+    before = sd.read_zarr(out)["sst_expression"].X.copy()
+
+    def broken_fit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sst.tl, "fit", broken_fit)
+    argv = ["run", "--zarr", str(slide_store), "--out", str(out), "--overwrite"] + FAST
+    assert main(argv) == 130
+    np.testing.assert_array_equal(sd.read_zarr(out)["sst_expression"].X, before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]
+
+
+def test_image_codec_of_the_output_store(slide_store, tmp_path):
+    sizes = {}
+    for codec in ("jpeg", "lossless"):
+        out = tmp_path / f"{codec}.zarr"
+        argv = ["run", "--zarr", str(slide_store), "--out", str(out), "--image-codec", codec]
+        assert main(argv + FAST + ["--stop-after", "segment"]) == 0
+        meta = json.loads((out / "images" / "he" / "zarr.json").read_text())
+        assert meta["node_type"] == "group"
+        level = json.loads(next((out / "images" / "he").glob("s0/zarr.json")).read_text())
+        assert ("scellst_jpeg" in {c["name"] for c in level["codecs"]}) == (codec == "jpeg")
+        sizes[codec] = sum(f.stat().st_size for f in (out / "images").rglob("*") if f.is_file())
+    assert sizes["jpeg"] < sizes["lossless"] / 2

@@ -59,3 +59,34 @@ def test_predictions_work_in_scanpy_and_squidpy(c2):
     assert expr.obsp["spatial_connectivities"].shape == (expr.n_obs, expr.n_obs)
     sq.gr.nhood_enrichment(expr, cluster_key="leiden", n_perms=20, seed=0, show_progress_bar=False)
     assert "leiden_nhood_enrichment" in expr.uns
+
+
+def test_spatialdata_plot_snippet_on_whole_section(c2, tmp_path):
+    """The data model's spatialdata-plot snippet on a whole real section: above 10,000 shapes
+    spatialdata-plot rasterises them with datashader, which requires a "global" frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import spatialdata_plot  # noqa: F401  (registers sdata.pl)
+
+    sdata, model = c2
+    assert len(sdata["sst_cells"]) > 10_000  # datashader path
+    gene = model.genes[0]
+    (
+        sdata.pl.render_images("he")
+        .pl.render_shapes("sst_cells", color=gene, table_name="sst_expression")
+        .pl.show(coordinate_systems="microns", save=tmp_path / "c2.png")
+    )
+    ax = plt.gcf().axes[0]
+    height, width = sdata["he"]["scale0"]["image"].shape[1:]
+    mpp = sst.io.microns_per_pixel(sdata)
+    assert ax.get_xlim()[1] == pytest.approx(width * mpp, rel=0.05)  # axes in µm
+    # the H&E and, above it, the datashader raster of the cells (colour where there are cells)
+    images = ax.get_images()
+    assert len(images) >= 2
+    raster = np.asarray(images[-1].get_array())
+    assert raster.ndim == 3 and raster.shape[-1] == 4
+    drawn = raster[..., 3] > 0
+    assert 0.01 < drawn.mean() < 0.9, drawn.mean()
+    plt.close("all")

@@ -91,8 +91,8 @@ def test_read_hest_elements_and_links(hest_c2):
     assert element_microns_per_unit(sdata, SPOTS_KEY) == pytest.approx(0.688, abs=1e-3)
     for key in (IMAGE_KEY, SPOTS_KEY):
         ts = get_transformation(sdata[key], get_all=True)
-        assert set(ts) == {"C2", MICRONS_CS}
-        assert isinstance(ts["C2"], Identity)
+        assert set(ts) == {"C2", "global", MICRONS_CS}
+        assert isinstance(ts["C2"], Identity) and isinstance(ts["global"], Identity)
 
     # spots: 187 circles of 100 µm, int index 0..n-1
     spots = sdata[SPOTS_KEY]
@@ -282,6 +282,10 @@ def test_read_visium(visium_dir, tmp_path):
     circles = sdata.shapes[ds]
     radius_um = circles["radius"].to_numpy() * element_microns_per_unit(sdata, ds)
     np.testing.assert_allclose(radius_um, 27.5)
+    # "global" is the full-resolution pixel frame too (what scverse tools assume)
+    for key in (f"{ds}_full_image", f"{ds}_hires_image", ds):
+        ts = get_transformation(sdata[key], get_all=True)
+        assert ts["global"] == ts[ds]
 
     full = image_level0(sdata, f"{ds}_full_image")
     assert full.shape == (3, *FULLRES_SHAPE) and full.dtype == np.uint8
@@ -475,7 +479,7 @@ def test_read_image_uses_the_pyramid_stored_in_the_file(tmp_path):
     assert sst.io.microns_per_pixel(sdata) == pytest.approx(0.5)
     Image2DModel().validate(sdata[IMAGE_KEY])
 
-    sst.io.write_zarr(sdata, tmp_path / "pyramid.zarr")
+    sst.io.write_zarr(sdata, tmp_path / "pyramid.zarr", image_codec="lossless")
     back = spatialdata.read_zarr(tmp_path / "pyramid.zarr")
     Image2DModel().validate(back[IMAGE_KEY])
     back_levels = image_levels(back, IMAGE_KEY)

@@ -80,12 +80,14 @@ def test_cells_embedding_coordinate_and_cells_table_column(predicted):
     sdata, _ = predicted
     box = (0, 0, 300, 300)
     inside = _inside(sdata, box)
-    ax = sst.pl.cells(sdata, color="X_sst:3", region=box, image=False, scalebar=False)
+    ax = sst.pl.cells(sdata, color="X_sst:3", region=box, image=False, scalebar=False, show=False)
     assert not ax.images and not ax.artists
     expected = sdata["sst_embedding"].obsm["X_sst"][:, 3][inside]
     np.testing.assert_allclose(ax.collections[0].get_array(), expected, rtol=1e-6)
     # an obs column found in the cells table although the expression table is searched first
-    ax = sst.pl.cells(sdata, color="mean_hematoxylin", table_key="sst_embedding", region=box)
+    ax = sst.pl.cells(
+        sdata, color="mean_hematoxylin", table_key="sst_embedding", region=box, show=False
+    )
     expected = sdata["sst_cells_table"].obs["mean_hematoxylin"].to_numpy()[inside]
     np.testing.assert_allclose(ax.collections[0].get_array(), expected)
     with pytest.raises(IndexError, match="from 0 to"):
@@ -104,7 +106,7 @@ def test_cells_categories_follow_stored_colours_and_missing_cells(predicted):
     table.obs["kind"] = pd.Categorical(kind)
     table.uns["kind_colors"] = ["#ff0000", "#00ff00", "#0000ff"]
     sdata.tables["sst_cells_table"] = table
-    ax = sst.pl.cells(sdata, color="kind", alpha=1.0)
+    ax = sst.pl.cells(sdata, color="kind", alpha=1.0, show=False)
     face = ax.collections[0].get_facecolor()[:, :3]
     np.testing.assert_allclose(
         face, to_rgba_array(table.uns["kind_colors"])[:, :3][np.arange(table.n_obs) % 3]
@@ -115,7 +117,7 @@ def test_cells_categories_follow_stored_colours_and_missing_cells(predicted):
     sub = sdata["sst_expression"][::2].copy()
     sub.obs["kind"] = pd.Categorical(kind[::2])
     sdata.tables["sub"] = sub
-    ax = sst.pl.cells(sdata, color="kind", table_key="sub", alpha=1.0)
+    ax = sst.pl.cells(sdata, color="kind", table_key="sub", alpha=1.0, show=False)
     face = ax.collections[0].get_facecolor()[:, :3]
     from scanpy.plotting.palettes import default_20
 
@@ -127,7 +129,7 @@ def test_cells_categories_follow_stored_colours_and_missing_cells(predicted):
 
 def test_cells_large_view_draws_discs_of_nucleus_area(predicted):
     sdata, model = predicted
-    ax = sst.pl.cells(sdata, color=model.genes[0], max_polygons=100)
+    ax = sst.pl.cells(sdata, color=model.genes[0], max_polygons=100, show=False)
     coll = ax.collections[0]
     assert isinstance(coll, EllipseCollection) and coll.get_rasterized()
     n = sdata["sst_cells_table"].n_obs
@@ -148,10 +150,14 @@ def test_cells_draws_into_given_axes_and_show_default(predicted, monkeypatch, tm
     out = sst.pl.cells(sdata, color=model.genes[0], region=(0, 0, 100, 100), ax=axes[1])
     assert out is axes[1] and len(axes[1].collections) == 1 and not axes[0].collections
     assert shown == []  # an ax was given: not shown
-    sst.pl.cells(sdata, region=(0, 0, 100, 100))
-    assert shown == [1]  # own figure, not saved: shown
-    sst.pl.cells(sdata, region=(0, 0, 100, 100), save=tmp_path / "x.png")
+    # own figure, not saved: shown and nothing returned (scanpy's convention: Jupyter would
+    # otherwise draw the returned figure a second time)
+    assert sst.pl.cells(sdata, region=(0, 0, 100, 100)) is None
     assert shown == [1]
+    assert sst.pl.spots(sdata, model.genes[0]) is None and shown == [1, 1]
+    saved = sst.pl.cells(sdata, region=(0, 0, 100, 100), save=tmp_path / "x.png")
+    assert isinstance(saved, plt.Axes) and shown == [1, 1]
+    assert isinstance(sst.pl.spots(sdata, model.genes[0], show=False), plt.Figure)
     with pytest.raises(ValueError, match="x1 > x0"):
         sst.pl.cells(sdata, region=(100, 0, 0, 100), show=False)
     empty = sd.SpatialData(

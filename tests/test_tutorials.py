@@ -6,7 +6,9 @@ Executing them takes minutes (the her2st one needs ../shared), so that part is m
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -39,6 +41,56 @@ def test_tutorial_is_stored_executed_in_order_without_errors(path):
     assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
     figures = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(figures) >= 3, f"{path.name}: the figures are not stored"
+
+
+def _outputs(nb):
+    """(cell index, output) of every stored output of the code cells."""
+    return [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs]
+
+
+def _text(output) -> str:
+    data = output.get("data", {})
+    return output.get("text", "") + "".join(
+        v for k, v in data.items() if k.startswith("text/") and isinstance(v, str)
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_no_figure_is_stored_twice_and_no_object_reprs(path):
+    """A plot that shows its figure and also returns it is drawn twice by Jupyter; a returned
+    Axes adds an ``<Axes: ...>`` line under the figure."""
+    seen: dict[str, int] = {}
+    for i, out in _outputs(_read(path)):
+        png = out.get("data", {}).get("image/png")
+        if png is not None:
+            digest = hashlib.sha256(png.encode()).hexdigest()
+            assert digest not in seen, (
+                f"{path.name}: cell {i} repeats the image of cell {seen[digest]}"
+            )
+            seen[digest] = i
+        if out.output_type == "execute_result":
+            text = out.get("data", {}).get("text/plain", "")
+            assert not re.match(r"<(Axes|Figure|matplotlib)", text), (
+                f"{path.name}: cell {i}: {text}"
+            )
+
+
+#: What a reader should not see in a stored output: this machine's paths, terminal colour codes.
+_NOT_IN_OUTPUTS = {
+    "a developer path": re.compile(r"(/work/|/tmp/|/root/|/home/|site-packages)"),
+    "an ANSI colour code": re.compile("\x1b\\["),
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_stored_outputs_are_clean(path):
+    for i, out in _outputs(_read(path)):
+        text = _text(out)
+        for what, pattern in _NOT_IN_OUTPUTS.items():
+            match = pattern.search(text)
+            assert match is None, f"{path.name}: cell {i} shows {what}: {text[:200]!r}"
+        if out.output_type == "stream" and out.name == "stderr":
+            assert "Warning" not in text, f"{path.name}: cell {i} shows a warning: {text[:300]}"
 
 
 def _execute(path, tmp_path):

@@ -103,6 +103,7 @@ def test_read_visium_hd_fixture(bin_um, n_bins):
     assert sst.io.microns_per_pixel(sdata, "visium_hd_hires_image") == pytest.approx(mpp / hires)
     assert image_level0(sdata, "visium_hd_hires_image").shape == (3, 5575, 6000)
     assert isinstance(get_transformation(squares, "visium_hd"), Identity)
+    assert isinstance(get_transformation(squares, "global"), Identity)
 
     # bin centres are the parquet's pixel positions, row for row (joined on the barcode)
     pos = positions.set_index("barcode").loc[table.obs_names]

@@ -25,14 +25,15 @@ F = TypeVar("F", bound=Callable)
 #: ``ax``/``show``/``save`` of the plots that draw into one Axes.
 AX_SHOW_SAVE = """\
 ax, show, save
-    Axes to draw in (a new figure otherwise); call ``plt.show()`` (default: when no ``ax``
-    was given and not saving); path to save the figure to (150 dpi)."""
+    Axes to draw in (a new figure otherwise); call ``plt.show()`` and return None (default:
+    when no ``ax`` was given and not saving; ``show=False`` returns the Axes); path to save the
+    figure to (150 dpi)."""
 
 #: ``show``/``save`` of the plots that draw a grid of panels.
 GRID_SHOW_SAVE = """\
 show, save
-    Call ``plt.show()`` (default: when the figure is new and not saved); path to save the
-    figure to (150 dpi)."""
+    Call ``plt.show()`` and return None (default: when the figure is new and not saved;
+    ``show=False`` returns the figure); path to save the figure to (150 dpi)."""
 
 #: ``overwrite`` of the functions that add a table named ``key_added``.
 OVERWRITE_TABLE = """\

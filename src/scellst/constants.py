@@ -10,6 +10,10 @@ import re
 
 #: Coordinate system in which every scellst-aware element has a ``Scale`` to micrometres.
 MICRONS_CS = "microns"
+#: The conventional pixel coordinate system of scverse tools (spatialdata-plot's datashader
+#: path, napari-spatialdata): the readers register it as the full-resolution pixel frame, besides
+#: the sample- or dataset-named one.
+GLOBAL_CS = "global"
 
 # --- elements written by scellst -------------------------------------------------------------
 #: Shapes element with one polygon per segmented nucleus (image pixel coordinates).

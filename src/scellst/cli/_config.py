@@ -56,6 +56,12 @@ def _convert(action: argparse.Action, value: Any, key: str, path: Path) -> Any:
         if not isinstance(value, bool):
             raise CLIError(f"{where}: expected true or false, got {value!r}.")
         return value
+    if isinstance(action, argparse._AppendAction):  # a repeatable KEY=VALUE flag
+        if isinstance(value, dict):
+            value = [f"{k}={_toml_scalar(v, where)}" for k, v in value.items()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CLIError(f'{where}: expected a list of "KEY=VALUE" strings or a table.')
+        return list(value)
     if isinstance(value, list):
         if key != "genes":
             raise CLIError(f"{where}: expected a single value, got a list {value!r}.")
@@ -73,3 +79,11 @@ def _convert(action: argparse.Action, value: Any, key: str, path: Path) -> Any:
     if action.choices is not None and converted not in action.choices:
         raise CLIError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}.")
     return converted
+
+
+def _toml_scalar(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise CLIError(f"{where}: expected numbers, strings or booleans, got {value!r}.")

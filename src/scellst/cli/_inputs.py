@@ -7,13 +7,20 @@ import logging
 from pathlib import Path
 
 import spatialdata as sd
-import tifffile
 from spatialdata import SpatialData
+from spatialdata.transformations import get_transformation
 
 from .. import datasets, io
-from .._sdata import image_key
-from ..constants import CELLS_KEY, EMBEDDING_KEY, EXPRESSION_KEY, UNS_KEY, cells_table_key
-from ..io._common import tiff_microns_per_pixel
+from .._sdata import image_key, spots_key, table_for_element
+from ..constants import (
+    CELLS_KEY,
+    EMBEDDING_KEY,
+    EXPRESSION_KEY,
+    MICRONS_CS,
+    UNS_KEY,
+    cells_table_key,
+)
+from ..io._common import is_tiff, tiff_microns_per_pixel
 from ._errors import CLIError
 from ._options import RUN_SOURCES
 from ._store import RECORD_KEY
@@ -72,6 +79,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise CLIError("--weights goes with a torchvision --encoder; 'morphology' has none.")
     if args.stop_after == "train_encoder" and not args.train_encoder_epochs:
         raise CLIError("--stop-after train_encoder goes with --train-encoder-epochs N.")
+    parse_seg_params(args.seg_param, args.segment_method)
     if args.cellpose_weights is not None and args.segment_method != "cellpose":
         raise CLIError("--cellpose-weights goes with --segment-method cellpose.")
     if args.device == "cuda":
@@ -79,6 +87,50 @@ def check_options(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise CLIError("--device cuda, but torch sees no CUDA GPU: use --device cpu or auto.")
+
+
+#: Segmentation parameters that have their own flag.
+_SEG_FLAGS = {"pretrained_model": "--cellpose-weights", "device": "--device"}
+
+
+def parse_seg_params(items: list[str] | None, method: str) -> dict:
+    """``--seg-param KEY=VALUE`` flags as a dict (numbers, true/false/none converted), with the
+    keys checked against the segmentation method's parameters."""
+    params: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--seg-param {item!r}: expected KEY=VALUE, e.g. min_area_um2=12.")
+        params[key] = _seg_value(raw.strip())
+    if method == "watershed":
+        from ..segmentation.watershed import WatershedParams
+
+        valid = set(WatershedParams.__dataclass_fields__)
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise CLIError(
+                f"--seg-param: unknown watershed parameter(s) {', '.join(unknown)}. Valid: "
+                f"{', '.join(sorted(valid))} (sizes in µm, areas in µm²)."
+            )
+    for key, flag in _SEG_FLAGS.items():
+        if key in params:
+            raise CLIError(f"--seg-param {key}=...: use {flag} instead.")
+    return params
+
+
+def _seg_value(raw: str):
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def parse_genes(genes: str) -> str | list[str]:
@@ -110,8 +162,21 @@ def input_settings(args: argparse.Namespace) -> dict:
     }
 
 
-def read_input(args: argparse.Namespace) -> SpatialData:
-    """The command's input as a new SpatialData object (lazy images)."""
+def read_input(args: argparse.Namespace, missing_ok: bool = False) -> SpatialData | None:
+    """The command's input as a new SpatialData object (lazy images). With ``missing_ok``
+    (resuming), an input that cannot be read any more gives None and a log line."""
+    try:
+        return _read(args)
+    except (FileNotFoundError, ValueError, CLIError) as e:
+        if missing_ok:
+            log.info("the input cannot be read any more (%s): using the store's copy of it", e)
+            return None
+        if isinstance(e, CLIError):
+            raise
+        raise type(e)(cli_advice(str(e))) from e
+
+
+def _read(args: argparse.Namespace) -> SpatialData:
     if args.command == "demo":
         return datasets.synthetic(
             shape=(args.size, args.size), spot_pitch_um=args.spot_pitch_um, seed=args.seed
@@ -129,12 +194,54 @@ def read_input(args: argparse.Namespace) -> SpatialData:
     return _read_store(args.zarr, args.mpp)
 
 
+#: Advice of the library's messages that a command-line user follows with a flag instead.
+_CLI_ADVICE = (
+    ("with `microns_per_pixel=`", "with --mpp"),
+    ("`microns_per_pixel=`", "--mpp"),
+    ("microns_per_pixel=", "--mpp "),
+)
+
+
+def cli_advice(message: str) -> str:
+    """A library error message with its Python advice put as command-line advice."""
+    for python, flag in _CLI_ADVICE:
+        message = message.replace(python, flag)
+    return message
+
+
+def check_genes(sdata: SpatialData, genes: str | list[str]) -> None:
+    """Before any work: the genes named by ``--genes`` are measured in the input's spots
+    table."""
+    try:
+        table = sdata.tables[table_for_element(sdata, spots_key(sdata))]
+    except (KeyError, ValueError):  # no circles (e.g. square bins): tl.fit checks them
+        return
+    if isinstance(genes, str):  # hvg:N / svg:N: resolved by the fit
+        return
+    names = set(table.var_names)
+    missing = [g for g in genes if g not in names]
+    if missing:
+        close = sorted(n for n in names if any(n.upper() == g.upper() for g in missing))
+        shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+        raise CLIError(
+            f"--genes: {len(missing)} of {len(genes)} genes are not measured in the input's spots "
+            f"table ({len(names)} genes): {shown}."
+            + (f" Same name in other case: {', '.join(close)}." if close else "")
+            + " Check the spelling, drop them, or use hvg:N / svg:N."
+        )
+
+
 def _read_slide(path: Path, mpp: float | None) -> SpatialData:
+    if path.is_file() and not is_tiff(path):
+        raise CLIError(
+            f"--image {str(path)!r} is not a TIFF: scellst reads TIFF, BigTIFF, OME-TIFF and "
+            "Aperio SVS slides. Convert it to a TIFF first, e.g. `vips tiffsave "
+            f"{path.name} {path.stem}.tif --tile --pyramid --compression jpeg` (libvips) or "
+            f"`convert {path.name} {path.stem}.tif` (ImageMagick), and give its pixel size "
+            "with --mpp UM (e.g. 0.25 at 40x, 0.5 at 20x)."
+        )
     if mpp is None and path.is_file():
-        try:
-            found, note = tiff_microns_per_pixel(path)
-        except tifffile.TiffFileError:
-            found = 0.0  # not a TIFF: read_image says so
+        found, note = tiff_microns_per_pixel(path)
         if found is None:
             raise CLIError(
                 f"No pixel size in the metadata of {str(path)!r} ({note}). Pass --mpp with the "
@@ -155,8 +262,15 @@ def _read_store(path: Path, mpp: float | None) -> SpatialData:
     attrs = sdata.attrs.get(UNS_KEY)
     if isinstance(attrs, dict):  # an earlier run's record is not this run's
         sdata.attrs[UNS_KEY] = {k: v for k, v in attrs.items() if k != RECORD_KEY}
+    key = image_key(sdata)
     if mpp is not None:
-        io.set_microns_per_pixel(sdata, image_key(sdata), mpp)
+        io.set_microns_per_pixel(sdata, key, mpp)
+    elif MICRONS_CS not in get_transformation(sdata[key], get_all=True):
+        raise CLIError(
+            f"--zarr {path}: the image {key!r} has no pixel size (no 'microns' transformation). "
+            "Pass --mpp with the scanner's resolution in µm per pixel (e.g. 0.25 at 40x, 0.5 "
+            "at 20x)."
+        )
     return sdata
 
 

@@ -193,6 +193,16 @@ def _segmentation(p: argparse.ArgumentParser) -> None:
         "downloaded). Default: cpsam_v2 in that folder",
     )
     g.add_argument(
+        "--seg-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a parameter of the segmentation method, repeatable: for watershed one of "
+        "sst.pp.WatershedParams (sizes in µm, e.g. --seg-param min_area_um2=12 --seg-param "
+        "tissue_od=0.08), for cellpose an option of sst.pp.CellposeSegmenter (e.g. "
+        'nucleus_diameter_um=9). In --config: seg_param = ["min_area_um2=12"] or a table '
+        "[run.seg_param]. Default: the method's defaults",
+    )
+    g.add_argument(
         "--tile-size",
         type=int,
         default=2048,
@@ -347,6 +357,14 @@ def _output(p: argparse.ArgumentParser, command: str) -> None:
         action="store_true",
         help="start from scratch: replace the --out store of an earlier scellst run"
         + (" and the model in --model-dir" if command != "predict" else ""),
+    )
+    g.add_argument(
+        "--image-codec",
+        choices=("jpeg", "lossless"),
+        default="jpeg",
+        help="how the H&E is copied into --out: JPEG chunks of quality 90 (visually lossless, "
+        "about the size of the slide file) or every pixel exactly (5-10x larger). The stages "
+        "always compute on the slide's own pixels (default: %(default)s)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument(

@@ -21,7 +21,7 @@ from ..constants import (
     cells_table_key,
 )
 from ._errors import CLIError
-from ._inputs import input_settings, parse_genes, read_input
+from ._inputs import check_genes, input_settings, parse_genes, parse_seg_params, read_input
 from ._store import FILES_DIR, RunStore, Stage, plain
 
 log = logging.getLogger("scellst")
@@ -66,6 +66,7 @@ class Pipeline:
             self._segment,
             {
                 "segment_method": a.segment_method,
+                "seg_params": parse_seg_params(a.seg_param, a.segment_method) or None,
                 "cellpose_weights": a.cellpose_weights,
                 "tile_size": a.tile_size,
             },
@@ -153,21 +154,44 @@ class Pipeline:
     def execute(self) -> SpatialData:
         a = self.args
         settings = input_settings(a)
-        first = 0
         resume = self.store.prepare(a.overwrite)
+        try:
+            self._execute(settings, resume)
+        except BaseException:
+            self.store.abort()  # an --overwrite run built aside: the earlier store stays
+            raise
+        self.store.commit()
+        return self.sdata
+
+    def _execute(self, settings: dict, resume: bool) -> None:
+        a = self.args
+        first = 0
         if resume:
             self.sdata, first = self.store.resume(settings, self.stages)
             log.info("resuming %s", self.store.path)
-        # the encoder is loaded before any work, so that a missing weights file or a wrong
-        # encoder for the model stops the command at once (one trained by this run: later)
+        # everything that can be checked without computing is checked before any work: the
+        # encoder against the model (before any weights are read), the weights, the genes
+        if self.command == "predict":
+            self._check_encoder_matches_model()
         spec = next(s for s in self.stages if s.name == "embed").settings
-        if not spec["encoder"].startswith(TRAINED):
+        if not spec["encoder"].startswith(TRAINED):  # one trained by this run: later
             self.encoder = self._resolve_encoder(spec["encoder"], spec["weights"])
         if not resume:
+            source = read_input(a)
+        elif self.store.image_codec() == "jpeg":  # the stored image is not the source's pixels
+            source = read_input(a, missing_ok=True)
+        else:
+            source = None
+        if source is not None and self.command == "run" and first <= self._stage_index("fit"):
+            check_genes(source, parse_genes(a.genes))
+        if not resume:
             t = time.perf_counter()
-            sdata = read_input(a)
-            self.sdata = self.store.create(sdata, settings)
+            self.sdata = self.store.create(source, settings, image_codec=a.image_codec)
             log.info("input written to %s in %.1f s", self.store.path, time.perf_counter() - t)
+        if source is not None:  # compute on the source pixels, not on the store's JPEG copy
+            for key, image in source.images.items():
+                if key in self.sdata.images:
+                    self.sdata.images[key] = image
         for i, stage in enumerate(self.stages):
             if i < first:
                 log.info(
@@ -189,14 +213,16 @@ class Pipeline:
                     stage.name,
                 )
                 break
-        return self.sdata
+
+    def _stage_index(self, name: str) -> int:
+        return next((i for i, s in enumerate(self.stages) if s.name == name), len(self.stages))
 
     # ---- stages -------------------------------------------------------------------------------
     def _segment(self) -> None:
         a = self.args
-        params = None
+        params = parse_seg_params(a.seg_param, a.segment_method)
         if a.segment_method == "cellpose":
-            params = {"pretrained_model": a.cellpose_weights, "device": self.device}
+            params.update(pretrained_model=a.cellpose_weights, device=self.device)
         # finished tiles are kept until the stage is, so an interrupted segmentation resumes
         # tile by tile; tiles of one interrupted with other settings are discarded
         tiles = self.store.path / TILES_DIR
@@ -237,6 +263,31 @@ class Pipeline:
         if self.encoder is None:  # trained by this run
             self.encoder = self._resolve_encoder(str(self.store.path / ENCODER_DIR), None)
         tl.embed(self.sdata, encoder=self.encoder, n_jobs=self.args.n_jobs, progress=self.progress)
+
+    def _check_encoder_matches_model(self) -> None:
+        """``predict``: an ``--encoder`` of another kind than the model's is refused before any
+        encoder weights are looked for."""
+        given = self.args.encoder
+        if given is None:
+            return
+        config = self.trained_model.config
+        trained = config["encoder"]
+        arch = config.get("encoder_info", {}).get("provenance", {}).get("arch")
+        is_dir = given != "morphology" and Path(given).expanduser().is_dir()
+        if trained == "morphology":
+            mismatch = given != "morphology"
+        elif given == "morphology":
+            mismatch = True
+        else:
+            mismatch = not is_dir and arch is not None and given != arch
+        if mismatch:
+            raise CLIError(
+                f"--encoder {given} does not match the model {self.args.model}: it was trained on "
+                f"{trained!r} embeddings"
+                + (f" (architecture {arch})" if arch else "")
+                + ". Drop --encoder (the model's own encoder is used when it can be rebuilt) or "
+                "pass the encoder the model was trained with."
+            )
 
     def _resolve_encoder(self, encoder: str, weights: str | None):
         """The encoder object (weights loaded), on ``--device``; for ``predict``, checked to be

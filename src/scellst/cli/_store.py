@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from spatialdata import SpatialData
 
 from .._version import __version__
 from ..constants import UNS_KEY
+from ..io._write import quiet_zarr, replace_dir, write_store, written_aside
 from ._errors import CLIError
 
 log = logging.getLogger("scellst")
@@ -69,8 +72,11 @@ class RunStore:
     """The zarr store ``path`` written by ``scellst COMMAND``."""
 
     def __init__(self, path: Path, command: str):
+        #: where the run writes: ``--out``, or beside it while an ``--overwrite`` run is built
         self.path = Path(path)
         self.command = command
+        #: ``--out`` when the run is built aside, to replace it once finished
+        self.replaces: Path | None = None
 
     # ---- the record ---------------------------------------------------------------------------
     def read_record(self) -> dict | None:
@@ -86,10 +92,7 @@ class RunStore:
         return record
 
     def _write_record(self, record: dict) -> None:
-        group = zarr.open_group(str(self.path), mode="r+")
-        attrs = dict(group.attrs)
-        attrs.setdefault(UNS_KEY, {})[RECORD_KEY] = record
-        group.attrs.put(attrs)
+        _write_record(self.path, record)
 
     # ---- opening ------------------------------------------------------------------------------
     def prepare(self, overwrite: bool) -> bool:
@@ -106,9 +109,11 @@ class RunStore:
                 "run record in its zarr metadata). scellst does not replace it, even with "
                 "--overwrite: choose another --out, or delete it yourself."
             )
-        if overwrite:
-            log.info("--overwrite: removing the earlier output %s", self.path)
-            shutil.rmtree(self.path)
+        if overwrite:  # built aside: the earlier output stays until this run is finished
+            self.replaces = self.path
+            self.path = self.path.with_name(f".{self.path.name}.overwrite")
+            shutil.rmtree(self.path, ignore_errors=True)  # an interrupted earlier --overwrite
+            log.info("--overwrite: %s is replaced once this run is finished", self.replaces)
             return False
         if record.get("command") != self.command:
             raise CLIError(
@@ -121,24 +126,46 @@ class RunStore:
             return False
         return True
 
-    def create(self, sdata: SpatialData, input_settings: dict) -> SpatialData:
-        """Write the input elements as a new store; return the store-backed SpatialData."""
+    def create(
+        self, sdata: SpatialData, input_settings: dict, image_codec: str = "jpeg"
+    ) -> SpatialData:
+        """Write the input elements as a new store (beside ``path``, moved there once complete,
+        with its record); return the store-backed SpatialData."""
         record = {
             "format": RECORD_FORMAT,
             "command": self.command,
             "scellst_version": __version__,
+            "image_codec": image_codec,
             "stages": {},
         }
         attrs = sdata.attrs.get(UNS_KEY)
         sdata.attrs[UNS_KEY] = {**(attrs if isinstance(attrs, dict) else {}), RECORD_KEY: record}
-        with _quiet_zarr():
-            sdata.write(self.path)
-        record["stages"]["input"] = plain(input_settings)
-        self._write_record(record)
+        with written_aside(self.path) as tmp:
+            write_store(sdata, tmp, image_codec=image_codec)
+            record["stages"]["input"] = plain(input_settings)
+            _write_record(tmp, record)
         return self.read()
 
+    def image_codec(self) -> str:
+        """How the store's image was written (stores of older versions: lossless)."""
+        record = self.read_record() or {}
+        return record.get("image_codec", "lossless")
+
+    def commit(self) -> None:
+        """An ``--overwrite`` run built aside replaces the earlier output."""
+        if self.replaces is not None:
+            replace_dir(self.path, self.replaces)
+            log.info("replaced %s", self.replaces)
+            self.path, self.replaces = self.replaces, None
+
+    def abort(self) -> None:
+        """An ``--overwrite`` run that failed: its partial store goes, the earlier one stays."""
+        if self.replaces is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            log.info("%s was left as it was", self.replaces)
+
     def read(self) -> SpatialData:
-        with _quiet_zarr():
+        with quiet_zarr():
             return sd.read_zarr(self.path)
 
     def resume(self, input_settings: dict, stages: list[Stage]) -> tuple[SpatialData, int]:
@@ -185,10 +212,12 @@ class RunStore:
 
     # ---- writing ------------------------------------------------------------------------------
     def finish(self, sdata: SpatialData, stage: Stage) -> None:
-        """Write the stage's elements, then record its settings (the stage is then finished)."""
+        """Write the stage's elements, then record its settings (the stage is then finished).
+
+        The elements are written into a store beside this one and each is moved into place
+        whole, so an interrupted write leaves no partial element in the store."""
         if stage.elements:
-            with _quiet_zarr():
-                sdata.write_element(list(stage.elements))
+            self._add_elements(_part(sdata, stage.elements))
         record = sdata.attrs[UNS_KEY][RECORD_KEY]
         record["stages"][stage.name] = stage.settings
         self._write_record(record)
@@ -211,9 +240,42 @@ class RunStore:
         if stage.folder and (self.path / stage.folder).exists():
             shutil.rmtree(self.path / stage.folder)
 
+    def _add_elements(self, part: SpatialData) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.stage-", dir=self.path.parent))
+        try:
+            write_store(part, tmp / "part.zarr", image_codec=self.image_codec())
+            root = zarr.open_group(str(self.path), mode="r+")
+            for kind, name, _ in part.gen_elements():
+                root.require_group(kind)
+                target = self.path / kind / name
+                if target.exists():  # a leftover of an interrupted earlier attempt
+                    shutil.rmtree(target)
+                os.replace(tmp / "part.zarr" / kind / name, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._consolidate()
+
     def _consolidate(self) -> None:
-        with _quiet_zarr():
+        with quiet_zarr():
             zarr.consolidate_metadata(str(self.path))
+
+
+def _part(sdata: SpatialData, names: tuple[str, ...]) -> SpatialData:
+    """A SpatialData object of the elements ``names`` of ``sdata`` (the same objects)."""
+    kinds: dict[str, dict] = {}
+    for kind, name, element in sdata.gen_elements():
+        if name in names:
+            kinds.setdefault(kind, {})[name] = element
+    with warnings.catch_warnings():  # a table of the part annotates cells already in the store
+        warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
+        return SpatialData(**kinds)
+
+
+def _write_record(path: Path, record: dict) -> None:
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs)
+    attrs.setdefault(UNS_KEY, {})[RECORD_KEY] = record
+    group.attrs.put(attrs)
 
 
 def _differences(stage: str, recorded: dict, current: dict, ignore=()) -> list[str]:
@@ -231,13 +293,3 @@ def _flag(key: str) -> str:
 
 def _show(value: Any) -> str:
     return "(not set)" if value is None else repr(value)
-
-
-class _quiet_zarr(warnings.catch_warnings):
-    """Silence zarr's notices on every array written (future defaults, parquet files)."""
-
-    def __enter__(self):
-        out = super().__enter__()
-        warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
-        warnings.filterwarnings("ignore", category=zarr.errors.ZarrUserWarning)
-        return out

@@ -28,7 +28,7 @@ from ..constants import (
 )
 from ._common import check_mpp
 from ._pyramid import open_tiff_levels, rgb_image_element
-from ._scale import microns_scale
+from ._scale import add_global_frame, microns_scale
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
 
@@ -80,8 +80,9 @@ def read_hest(
           annotating ``"spots"`` through ``obs["region"]`` and ``obs["spot_id"]``; ``uns["scellst"]``
           records the reader, sample id, microns per pixel and spot diameter.
 
-        Every element has an Identity to the coordinate system ``sample_id`` (full-resolution pixels)
-        and a ``Scale`` to ``"microns"``.
+        Every element has an Identity to the coordinate system ``sample_id`` (full-resolution
+        pixels), the same Identity to ``"global"`` (the pixel frame scverse tools assume, e.g.
+        spatialdata-plot above 10,000 shapes) and a ``Scale`` to ``"microns"``.
 
     Raises
     ------
@@ -151,11 +152,13 @@ def read_hest(
         "spot_diameter_um": spot_diameter_um,
     }
     table = TableModel.parse(table, region=SPOTS_KEY, region_key=REGION_KEY, instance_key=SPOT_ID)
-    return SpatialData(
+    sdata = SpatialData(
         images={image_key: image},
         shapes={SPOTS_KEY: spots},
         tables={SPOTS_TABLE_KEY: table},
     )
+    add_global_frame(sdata, sample_id)
+    return sdata
 
 
 def _sample_files(root: Path, sample_id: str) -> tuple[Path, Path, Path]:

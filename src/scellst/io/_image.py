@@ -10,12 +10,12 @@ import numpy as np
 import tifffile
 from spatialdata import SpatialData
 
-from ..constants import IMAGE_KEY, UNS_KEY, check_key
+from ..constants import GLOBAL_CS, IMAGE_KEY, UNS_KEY, check_key
 from ._common import array_to_yxc, check_mpp, resolve_path, tiff_microns_per_pixel
 from ._pyramid import open_tiff_levels, rgb_image_element
 
 #: Pixel coordinate system of an H&E-only slide (there is no dataset id to name it after).
-PIXEL_CS = "global"
+PIXEL_CS = GLOBAL_CS
 #: Relative disagreement between a given and a file's pixel size that triggers a warning.
 MPP_TOLERANCE = 0.05
 

@@ -17,7 +17,7 @@ from spatialdata.transformations import (
 )
 
 from .._sdata import image_key as _resolve_image_key
-from ..constants import MICRONS_CS
+from ..constants import GLOBAL_CS, MICRONS_CS
 
 
 def microns_per_pixel(sdata: SpatialData, image_key: str | None = None) -> float:
@@ -113,6 +113,15 @@ def set_microns_per_pixel(
             )
         return
     set_transformation(element, microns_scale(mpp), to_coordinate_system=MICRONS_CS)
+
+
+def add_global_frame(sdata: SpatialData, pixel_cs: str) -> None:
+    """Give every element that maps to the pixel frame ``pixel_cs`` the same transformation to
+    :data:`~scellst.constants.GLOBAL_CS` (``"global"``), unless it has one already."""
+    for _kind, _name, element in sdata.gen_spatial_elements():
+        transforms = get_transformation(element, get_all=True)
+        if pixel_cs in transforms and GLOBAL_CS not in transforms:
+            set_transformation(element, transforms[pixel_cs], to_coordinate_system=GLOBAL_CS)
 
 
 def microns_scale(mpp: float) -> Scale:

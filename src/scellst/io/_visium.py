@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from spatialdata.transformations import (
 from ..constants import MICRONS_CS, REGION_KEY, SPOT_ID, UNS_KEY
 from ._common import is_tiff, resolve_path, sanitize_name
 from ._pyramid import open_tiff_levels, rgb_image_element
-from ._scale import compose_to_microns, microns_scale
+from ._scale import add_global_frame, compose_to_microns, microns_scale
 
 #: Diameter of a Visium spot in µm (10x Genomics specification).
 VISIUM_SPOT_DIAMETER_UM = 55.0
 _COUNTS_FILE = "filtered_feature_bc_matrix.h5"
 _SCALEFACTORS_FILE = "spatial/scalefactors_json.json"
+
+log = logging.getLogger(__name__)
 
 
 def read_visium(
@@ -74,7 +77,8 @@ def read_visium(
           ``uns["scellst"]`` records the reader, dataset id and microns per pixel.
 
         All of them have a transformation to ``"microns"`` besides spatialdata-io's ``<id>``,
-        ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` systems.
+        ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` systems, and to ``"global"``
+        the same as to ``<id>`` (full-resolution pixels, the frame scverse tools assume).
 
     Raises
     ------
@@ -121,7 +125,17 @@ def read_visium(
         # spatialdata-io hands a string region column to TableModel, which converts it: not
         # actionable by the user
         warnings.filterwarnings("ignore", message=".*to categorical dtype", category=UserWarning)
+        # anndata's notice on reading a count matrix with repeated gene names (10x feature
+        # names are not unique, their ids are): the names are made unique just below
+        warnings.filterwarnings(
+            "ignore", message="Variable names are not unique", category=UserWarning
+        )
         sdata = spatialdata_io.visium(path, dataset_id=dataset_id, **kwargs)
+    for table in sdata.tables.values():
+        if not table.var_names.is_unique:
+            n = int(table.var_names.duplicated().sum())
+            table.var_names_make_unique()
+            log.info("read_visium: %d repeated gene names made unique (suffixes -1, -2, ...)", n)
     if full_image is not None:
         sdata.images[f"{dataset_id}_full_image"] = full_image
 
@@ -131,6 +145,7 @@ def read_visium(
         to_microns = microns_scale(mpp) if isinstance(t, Identity) else compose_to_microns(t, mpp)
         set_transformation(element, to_microns, to_coordinate_system=MICRONS_CS)
 
+    add_global_frame(sdata, dataset_id)
     circles = sdata.shapes[dataset_id]
     if "radius" not in circles.columns:  # spatialdata-io sets it; be safe across versions
         circles["radius"] = spot_diameter_px / 2.0

@@ -42,7 +42,7 @@ from ..constants import (
 )
 from ._common import array_to_yxc, is_tiff, resolve_path, sanitize_name
 from ._pyramid import RGB, open_tiff_levels, rgb_image_element
-from ._scale import compose_to_microns, microns_scale
+from ._scale import add_global_frame, compose_to_microns, microns_scale
 
 _COUNTS_FILE = "filtered_feature_bc_matrix.h5"
 _POSITIONS_FILE = "spatial/tissue_positions.parquet"
@@ -125,7 +125,8 @@ def read_visium_hd(
 
         The pixel coordinate system is ``<id>`` (full-resolution pixels), with
         ``<id>_downscaled_hires`` and ``<id>_downscaled_lowres`` as spatialdata-io names them;
-        every element also has a ``Scale`` to ``"microns"``.
+        every element also has a ``Scale`` to ``"microns"``, and to ``"global"`` the same
+        transformation as to ``<id>`` (the pixel frame scverse tools assume).
 
     Raises
     ------
@@ -290,7 +291,9 @@ def read_visium_hd(
                 MICRONS_CS: compose_to_microns(_scale(1.0 / scalef), mpp),
             },
         )
-    return SpatialData(images=images, shapes={shapes_key: shapes}, tables={bins_key: table})
+    sdata = SpatialData(images=images, shapes={shapes_key: shapes}, tables={bins_key: table})
+    add_global_frame(sdata, dataset_id)
+    return sdata
 
 
 # --- folders -----------------------------------------------------------------------------------

@@ -109,8 +109,8 @@ def cells(
 
     Returns
     -------
-    matplotlib.axes.Axes
-        The Axes (units: µm). The cells are its first collection.
+    matplotlib.axes.Axes or None
+        None when the figure was shown (the default without ``ax``/``save``), else the Axes (units: µm). The cells are its first collection.
 
     Examples
     --------

@@ -6,7 +6,9 @@
   (as in scanpy); ``True``/``False`` force it.
 - ``save=path``: the whole figure is written there (150 dpi, tight bounding box).
 
-The functions always return what they drew in (the Axes, or the Figure for grids).
+As in scanpy, a function that shows its figure returns None (so that Jupyter does not draw it a
+second time); otherwise (``show=False``, a given ``ax``, ``save=``) it returns what it drew in:
+the Axes, or the Figure for grids.
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ def root_figure(obj: Axes | FigureBase) -> Figure:
 
 
 def finish(obj: Axes | FigureBase, *, own: bool, show: bool | None, save: str | Path | None):
-    """Save and/or show the figure of ``obj``, then return ``obj``."""
+    """Save and/or show the figure of ``obj``; return None when it was shown, else ``obj``."""
     if save is not None:
         root_figure(obj).savefig(save, dpi=SAVE_DPI, bbox_inches="tight")
     if show is None:
         show = own and save is None
     if show:
         plt.show()
+        return None
     return obj

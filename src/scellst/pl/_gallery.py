@@ -83,8 +83,8 @@ def gallery(
 
     Returns
     -------
-    matplotlib.figure.Figure
-        The figure (or SubFigure) of the grid; panel titles read ``"#<cell id>: <value>"``.
+    matplotlib.figure.Figure or None
+        None when the figure was shown (the default without ``ax``/``save``), else the figure (or SubFigure) of the grid; panel titles read ``"#<cell id>: <value>"``.
 
     Examples
     --------

@@ -48,8 +48,8 @@ def gene_scores(
 
     Returns
     -------
-    matplotlib.axes.Axes
-        The Axes. Bars are its patches, in the drawn order; the mean of each set is a dashed
+    matplotlib.axes.Axes or None
+        None when the figure was shown (the default without ``ax``/``save``), else the Axes. Bars are its patches, in the drawn order; the mean of each set is a dashed
         line labelled ``"mean ... = <value>"`` (violins: a black line, the value in the tick
         label).
 

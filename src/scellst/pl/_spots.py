@@ -94,8 +94,8 @@ def spots(
 
     Returns
     -------
-    matplotlib.figure.Figure
-        The figure (or SubFigure) holding the ``len(genes) × 2`` panels (axes in µm).
+    matplotlib.figure.Figure or None
+        None when the figure was shown (the default without ``ax``/``save``), else the figure (or SubFigure) holding the ``len(genes) × 2`` panels (axes in µm).
 
     Examples
     --------

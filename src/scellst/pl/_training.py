@@ -54,8 +54,8 @@ def training(
 
     Returns
     -------
-    matplotlib.axes.Axes
-        The Axes; epochs count from 0, as ``config["best_epoch"]``.
+    matplotlib.axes.Axes or None
+        None when the figure was shown (the default without ``ax``/``save``), else the Axes; epochs count from 0, as ``config["best_epoch"]``.
 
     Examples
     --------
