@@ -135,7 +135,9 @@ def leave_one_slide_out(
         )
         model.config["training_slides"] = train_names
         b = bags[test]
-        pred = model.predict_spots(b.features, b.bag, b.spots.n_obs)
+        pred = model.predict_spots(
+            b.features, b.bag, b.spots.n_obs, cell=b.pair_cell, weight=b.weight
+        )
         scores = score_genes(pred, measured_spots(b, gene_list), gene_list)
         seconds = time.perf_counter() - t0
         rows.append(
