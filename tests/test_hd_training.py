@@ -10,20 +10,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-import shapely  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.collections import EllipseCollection, PolyCollection  # noqa: E402
-from spatialdata import SpatialData  # noqa: E402
-from spatialdata.models import ShapesModel, TableModel  # noqa: E402
-from spatialdata.transformations import Identity, Scale  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import shapely
+import torch
+from matplotlib.collections import EllipseCollection, PolyCollection
+from spatialdata import SpatialData
+from spatialdata.models import ShapesModel, TableModel
+from spatialdata.transformations import Identity, Scale
 
-import scellst as sst  # noqa: E402
-from scellst.constants import (  # noqa: E402
+import scellst as sst
+from scellst.constants import (
     ARRAY_COL,
     ARRAY_ROW,
     BIN_GRID_KEY,
@@ -37,9 +37,9 @@ from scellst.constants import (  # noqa: E402
     SPOTS_TABLE_KEY,
     UNS_KEY,
 )
-from scellst.mil.bins import BinGrid, coarsen_bins  # noqa: E402
-from scellst.mil.pooling import aggregate  # noqa: E402
-from scellst.mil.spots import slide_bags  # noqa: E402
+from scellst.mil.bins import BinGrid, coarsen_bins
+from scellst.mil.pooling import aggregate
+from scellst.mil.spots import slide_bags
 
 FIT = dict(max_epochs=15, patience=5, progress=False, seed=0)
 

@@ -143,6 +143,8 @@ def fit(
     --------
     >>> model = sst.tl.fit(sdata, genes="hvg:50")
     >>> model = sst.tl.fit([c2, c3, c4], genes="svg:100", loss="nb", validation=c5)
+    >>> hd = sst.io.read_visium_hd("outs", bin_size_um=8, fullres_image_file="tissue.btf")
+    >>> model = sst.tl.fit(hd, genes="hvg:50", pooling="overlap", cell_dilation_um=3)
     >>> model.save("model_dir")
     """
     args = locals()  # fit's arguments (before any other name is bound here)

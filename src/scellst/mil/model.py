@@ -184,7 +184,7 @@ class MILModel:
 
         The cell predictions are aggregated as in training (mean or sum over the cells of each
         spot; ``bag[i]`` is the spot, 0..n_spots-1, of cell ``i``): see :func:`spot_predictions`.
-        With overlap-aware bags (:class:`~scellst.mil.spots.SlideBags` of square bins),
+        With overlap-aware bags (square bins, ``pooling="overlap"`` in :func:`scellst.tl.fit`),
         ``bag``, ``cell`` and ``weight`` describe (cell, bin) pairs: bin ``bag[k]`` holds cell
         ``cell[k]`` (a row of ``features``) with weight ``weight[k]``.
         """
