@@ -162,13 +162,14 @@ def _weights(bags) -> np.ndarray:
 
 def test_overlap_weights_are_the_cells_area_fractions():
     sdata = _toy()
-    bags = _bags(sdata, pooling="overlap")
+    bags = _bags(sdata, pooling="overlap", cell_dilation_um=0.0)
     np.testing.assert_array_equal(bags.instance, [0, 1, 2, 3])
     # by hand: A a quarter in each bin; B all in (0, 0); C half in (0, 1), half unlisted
     want = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0, 0, 0], [0, 0.5, 0, 0]])
     np.testing.assert_allclose(_weights(bags), want, atol=1e-12)
     assert (_weights(bags).sum(1) <= 1 + 1e-12).all()
     np.testing.assert_allclose(bags.cells_per_spot, [1.25, 0.75, 0.25, 0.25])
+    assert _bags(sdata).pooling["pooling"] == "overlap"  # "auto" on square bins
     # B (8 x 10 px) dilated by 1 µm = 1 px: area 8*10 + 2*(8 + 10) + pi (rounded corners), of
     # which x in [0, 9], y in [0, 10] (90 px²) lies in bin (0, 0)
     grown = _weights(_bags(sdata, pooling="overlap", cell_dilation_um=1.0))
@@ -178,12 +179,12 @@ def test_overlap_weights_are_the_cells_area_fractions():
     regrown = _weights(_bags(_toy(mpp=0.5), pooling="overlap", cell_dilation_um=0.5))
     np.testing.assert_allclose(regrown, grown, atol=1e-12)
     # centroid pooling: A's centroid (10, 10) is in bin (1, 1); C's (20, 5) in no listed bin
-    cent = _bags(sdata)
+    cent = _bags(sdata, pooling="centroid")
     assert cent.weight is None
     np.testing.assert_array_equal(cent.instance[cent.bag], [0, 3])
     np.testing.assert_array_equal(cent.cell_index, [1, 0])
     # coarsened to 20 px: one bin holding all three cells, counts summed
-    coarse = _bags(sdata, pooling="overlap", bin_um=20.0)
+    coarse = _bags(sdata, pooling="overlap", cell_dilation_um=0.0, bin_um=20.0)
     assert coarse.spots.n_obs == 1 and coarse.spots.X.toarray().tolist() == [[120, 120]]
     np.testing.assert_allclose(_weights(coarse)[:, 0], [1.0, 1.0, 0.5])
     with pytest.raises(ValueError, match="whole multiple"):
@@ -207,8 +208,8 @@ def test_weighted_aggregate():
 
 def test_fit_predict_evaluate_on_hd_bins(hd, tmp_path):
     genes = list(hd["truth_expression"].var_names)
-    centroid = sst.tl.fit(hd, genes=genes, **FIT)
-    overlap = sst.tl.fit(hd, genes=genes, pooling="overlap", cell_dilation_um=3.0, **FIT)
+    centroid = sst.tl.fit(hd, genes=genes, pooling="centroid", **FIT)
+    overlap = sst.tl.fit(hd, genes=genes, **FIT)  # default on bins: overlap, nuclei + 3 µm
     assert centroid.config["bags"]["spot_shape"] == "square"
     assert overlap.config["bags"]["pooling"] == "overlap"
     assert overlap.config["bags"]["cell_dilation_um"] == 3.0
@@ -232,11 +233,11 @@ def test_fit_predict_evaluate_on_hd_bins(hd, tmp_path):
     assert np.isfinite(hd["sst_expression"].X).all()
 
     # coarsened bins: 8 µm -> 16 µm, the counts of the bins summed
-    coarse = sst.tl.fit(hd, genes=genes, bin_um=16, **FIT)
+    coarse = sst.tl.fit(hd, genes=genes, pooling="centroid", bin_um=16, **FIT)
     table = hd[SPOTS_TABLE_KEY]
     pooled = coarsen_bins(table.obs[[ARRAY_ROW, ARRAY_COL]].to_numpy(), 2, table.X)
     assert coarse.config["bags"]["coarsening_factor"] == 2
-    b16 = _bags(hd, bin_um=16, min_counts=20)
+    b16 = _bags(hd, pooling="centroid", bin_um=16, min_counts=20)
     assert b16.spots.n_obs == coarse.config["n_train_spots"] + coarse.config["n_val_spots"]
     row = {tuple(rc): i for i, rc in enumerate(pooled.bins)}
     idx = [row[(r, c)] for r, c in b16.spots.obs[[ARRAY_ROW, ARRAY_COL]].to_numpy()]
@@ -249,6 +250,7 @@ def test_fit_predict_evaluate_on_hd_bins(hd, tmp_path):
         visium[key] = hd[key]
     with pytest.raises(ValueError, match="square bins"):
         sst.tl.fit(visium, genes=genes, pooling="overlap", **FIT)
+    assert _bags(visium).weight is None and _bags(visium).pooling["pooling"] == "centroid"
 
 
 def test_pl_spots_draws_squares(hd):

@@ -94,10 +94,15 @@ def fit(
         square (as for circles). ``"overlap"``: every cell overlapping the bin, weighted by the
         fraction of the cell lying in it, so that a bin's expected expression is the weighted
         sum (``aggregation="sum"``) or weighted mean (``"mean"``) of its cells' predictions;
-        a nucleus straddling four 8 µm bins then counts in all four.
+        a nucleus straddling four 8 µm bins then counts in all four. ``"auto"`` (default):
+        ``"overlap"`` on square bins, ``"centroid"`` on circles. On synthetic 8 µm bins,
+        overlap-aware pooling recovers marker genes per cell better than centroid bags
+        (BENCHMARKS.md, "Visium HD"), at a few times the training time.
     cell_dilation_um
-        With ``pooling="overlap"``: distance in µm by which each nucleus polygon is grown into
+        With overlap-aware pooling: distance in µm by which each nucleus polygon is grown into
         an approximate cell before its fractions are computed (``0``: the nucleus itself).
+        The default, 3 µm, is the cells' dilation of the synthetic HD slides, where it did best;
+        on real tissue it stands for a typical cytoplasm rim.
     bin_um
         Square bins only: pool the bins into squares of this side in µm before training, a
         whole multiple of the bins' side (e.g. ``16`` or ``32`` for 8 µm bins), summing their

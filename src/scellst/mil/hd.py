@@ -20,8 +20,9 @@ from ..constants import ARRAY_COL, ARRAY_ROW, BIN_GRID_KEY, NO_SPOT, SPOT_SIZE_K
 from ..io._scale import element_microns_per_unit
 from .bins import BinGrid, assign_centroids, coarsen_bins, membership_matrix, overlap_matrix
 
-#: Ways of pooling the cells of a bin (``sst.tl.fit(pooling=...)``).
-POOLINGS = ("centroid", "overlap")
+#: Ways of pooling the cells of a bin (``sst.tl.fit(pooling=...)``); ``"auto"`` is
+#: ``"overlap"`` on square bins and ``"centroid"`` on circles (BENCHMARKS.md, "Visium HD").
+POOLINGS = ("auto", "centroid", "overlap")
 
 
 @dataclass
