@@ -12,12 +12,13 @@ itself, and fit never reads pixels): the cells, their embedding and the bins are
   (``scellst.mil.bins.overlap_matrix``), Poisson draws.
 
 Then ``sst.tl.fit`` with each ``--poolings`` (``centroid``; ``overlap`` with
-``cell_dilation_um=3``) for ``--epochs`` epochs (patience disabled, so every epoch runs), timed
+``cell_dilation_um=3``) for ``--epochs`` epochs of ``--batch-size`` bins per batch (1024, as
+in ``hd_synthetic.py``; patience disabled, so every epoch runs), timed
 with wall time, CPU time and peak RSS of the process (``benchmarks/_measure.py``). The bags
 (assignment or overlap weights) are built inside ``fit`` and timed with it; ``slide_bags`` is
 also timed alone.
 
-Usage: python benchmarks/hd_scale.py [--bins 500000] [--dim 30] [--epochs 3]
+Usage: python benchmarks/hd_scale.py [--bins 500000] [--dim 30] [--epochs 3] [--batch-size 1024]
        [--poolings centroid overlap] [--torch-threads 2]
 """
 
@@ -139,6 +140,7 @@ def main() -> None:
     p.add_argument("--genes", type=int, default=50)
     p.add_argument("--cell-spacing-um", type=float, default=11.0)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=1024, help="bins per batch")
     p.add_argument("--poolings", nargs="+", default=["centroid", "overlap"])
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -169,7 +171,7 @@ def main() -> None:
         with measure(results, f"fit {pooling}"):
             model = sst.tl.fit(
                 sdata, genes=genes, max_epochs=args.epochs, patience=args.epochs + 1,
-                progress=False, device="cpu", **kw,
+                progress=False, device="cpu", batch_size=args.batch_size, **kw,
             )  # fmt: skip
         seconds = time.perf_counter() - t
         print(
