@@ -35,12 +35,9 @@ Usage: python benchmarks/hd_synthetic.py [--size 4096] [--test-size 2048] [--see
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-import pandas as pd
-import torch
-from mil_synthetic import cell_scores, embedded_slide, oracle
+from mil_synthetic import cell_scores, embedded_slide, oracle, report, run_seeds
 
 import scellst as sst
 
@@ -156,22 +153,9 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}", flush=True)
-    t0 = time.perf_counter()
-    results: list[dict] = []
-    for seed in args.seeds:
-        run_seed(args, seed, results)
-    table = pd.DataFrame(results)
+    table, t0 = run_seeds(args, run_seed)
     cols = [c for c in ("markers", "all", "spot_markers", "ratio") if c in table]
-    summary = table.groupby("config", sort=False)[cols].agg(["mean", "std"])
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_columns", None)
-    print(summary.round(3))
-    print(f"total {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
-    if args.json:
-        table.to_json(args.json, orient="records", indent=1)
+    report(table.groupby("config", sort=False)[cols].agg(["mean", "std"]), table, t0, args.json)
 
 
 if __name__ == "__main__":
