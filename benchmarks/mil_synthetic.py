@@ -201,6 +201,17 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    table, t0 = run_seeds(args, run_seed)
+    table["method"] = table["method"].str.replace(r"shuffled\d+", "shuffled", regex=True)
+    summary = table.groupby(["diameter_um", "loss", "space", "method"])[
+        ["median_cells_per_spot", "markers", "all", "spot_markers", "spot_all"]
+    ].agg(["mean", "std"])
+    report(summary, table, t0, args.json)
+
+
+def run_seeds(args, run_seed) -> tuple[pd.DataFrame, float]:
+    """Set torch's threads, run ``run_seed(args, seed, results)`` for each of ``args.seeds``;
+    the results as a table, and the start time."""
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}", flush=True)
@@ -208,17 +219,17 @@ def main() -> None:
     results: list[dict] = []
     for seed in args.seeds:
         run_seed(args, seed, results)
-    table = pd.DataFrame(results)
-    table["method"] = table["method"].str.replace(r"shuffled\d+", "shuffled", regex=True)
-    summary = table.groupby(["diameter_um", "loss", "space", "method"])[
-        ["median_cells_per_spot", "markers", "all", "spot_markers", "spot_all"]
-    ].agg(["mean", "std"])
+    return pd.DataFrame(results), t0
+
+
+def report(summary: pd.DataFrame, table: pd.DataFrame, t0: float, json_path: str | None) -> None:
+    """Print the summary, the time and the load; write the per-run table as JSON."""
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", None)
     print(summary.round(3))
     print(f"total {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()}")
-    if args.json:
-        table.to_json(args.json, orient="records", indent=1)
+    if json_path:
+        table.to_json(json_path, orient="records", indent=1)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ from anndata import AnnData
 from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation
 
-from .constants import UNS_KEY, check_key
+from .constants import (
+    SPOT_SHAPE_CIRCLE,
+    SPOT_SHAPE_KEY,
+    SPOT_SHAPE_SQUARE,
+    UNS_KEY,
+    check_key,
+)
 
 
 def image_key(sdata: SpatialData, key: str | None = None) -> str:
@@ -150,29 +156,46 @@ def apply_matrix(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def spots_key(sdata: SpatialData, key: str | None = None) -> str:
-    """Return the key of the spot circles (a shapes element with a ``radius`` column)."""
-    circles = [k for k, v in sdata.shapes.items() if "radius" in v.columns]
+    """Return the key of the spots: circles (a shapes element with a ``radius`` column) or
+    square bins (Visium HD: polygons whose table records ``spot_shape="square"``)."""
+    found = [k for k in sdata.shapes if spot_shape(sdata, k) is not None]
     if key is not None:
         if key not in sdata.shapes:
             raise KeyError(
-                f"No shapes element {key!r}; the shapes are {list(sdata.shapes)}. Pass the spot "
-                "circles as `spots_key`."
+                f"No shapes element {key!r}; the shapes are {list(sdata.shapes)}. Pass the spots "
+                "(circles or Visium HD square bins) as `spots_key`."
             )
-        if "radius" not in sdata.shapes[key].columns:
+        if spot_shape(sdata, key) is None:
             raise ValueError(
-                f"Shapes {key!r} are not spot circles (no 'radius' column). Spots must be stored "
-                "as circles: ShapesModel.parse(centres, geometry=0, radius=...)."
+                f"Shapes {key!r} are not spots: neither circles (no 'radius' column) nor square "
+                f"bins (no table with uns[{UNS_KEY!r}][{SPOT_SHAPE_KEY!r}] = "
+                f"{SPOT_SHAPE_SQUARE!r}). Spots are circles, ShapesModel.parse(centres, "
+                "geometry=0, radius=...), or the bins of `sst.io.read_visium_hd`."
             )
         return key
-    if not circles:
+    if not found:
         raise ValueError(
-            "The SpatialData object has no spot circles (a shapes element with a 'radius' "
-            "column). Read the data with `sst.io.read_hest`/`sst.io.read_visium`, or pass "
-            "`spots_key`."
+            "The SpatialData object has no spots: no circles (a shapes element with a 'radius' "
+            "column) and no square bins (Visium HD). Read the data with `sst.io.read_hest`/"
+            "`sst.io.read_visium`/`sst.io.read_visium_hd`, or pass `spots_key`."
         )
-    if len(circles) > 1:
-        raise ValueError(f"Several circle elements {circles}: pass `spots_key` to choose one.")
-    return circles[0]
+    if len(found) > 1:
+        raise ValueError(f"Several spot elements {found}: pass `spots_key` to choose one.")
+    return found[0]
+
+
+def spot_shape(sdata: SpatialData, key: str) -> str | None:
+    """``"circle"`` or ``"square"`` for spots (circles with a ``radius``, or polygons whose table
+    says ``spot_shape="square"``), None for other shapes."""
+    if "radius" in sdata.shapes[key].columns:
+        return SPOT_SHAPE_CIRCLE
+    for table in sdata.tables.values():
+        attrs = table.uns.get("spatialdata_attrs", {})
+        region = attrs.get("region", [])
+        region = [region] if isinstance(region, str) else list(region)
+        if key in region and table.uns.get(UNS_KEY, {}).get(SPOT_SHAPE_KEY) == SPOT_SHAPE_SQUARE:
+            return SPOT_SHAPE_SQUARE
+    return None
 
 
 def table_for_element(sdata: SpatialData, element_key: str) -> str:

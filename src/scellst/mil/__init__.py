@@ -9,14 +9,18 @@ into the SpatialData object), :func:`~scellst.tl.predict` writes the table ``sst
 
 Modules:
 
-- ``assign``: cell -> spot (centroid inside the spot disk);
+- ``assign``: cell -> spot (centroid inside the spot disk or the square bin);
 - ``bins``: square-bin geometry of Visium HD (bin grid, cell x bin overlap fractions,
   coarser bins), also used by the HD reader and the synthetic HD slides;
-- ``spots``: a slide's bags (the cells of each spot, their embeddings) and spot targets;
+- ``hd``: the square bins of a slide in the cells' frame: centroid assignment, overlap
+  weights (overlap-aware pooling), coarsened bins;
+- ``spots``: a slide's bags (the cells of each spot, or weighted (cell, bin) pairs, their
+  embeddings) and spot targets;
 - ``genes``: gene selection (named list, ``"hvg:N"``, ``"svg:N"``);
 - ``options``: the training settings and their defaults (read by ``fit`` and the trainer);
 - ``training``, ``split``, ``losses``, ``pooling``, ``mlp``: the trainer, validation splits,
-  spot losses, cell -> spot pooling and the per-cell network;
+  spot losses, cell -> spot pooling (weighted with overlap-aware bags) and the per-cell
+  network;
 - ``model``: :class:`~scellst.tl.MILModel` (predict, save, load);
 - ``fit``, ``predict``: the public entry points;
 - ``evaluate``, ``crossval``: per-gene scores at spot or cell level, leave-one-slide-out.

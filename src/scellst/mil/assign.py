@@ -8,9 +8,23 @@ import numpy as np
 from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
-from .._sdata import apply_matrix, cells_image_key, element_to_image_matrix, image_shape_yx
+from .._sdata import (
+    apply_matrix,
+    cells_image_key,
+    element_to_image_matrix,
+    image_shape_yx,
+    spot_shape,
+)
 from .._sdata import spots_key as resolve_spots_key
-from ..constants import CELLS_KEY, NO_SPOT, SPATIAL_OBSM, SPOT_COLUMN, UNS_KEY, cells_table_key
+from ..constants import (
+    CELLS_KEY,
+    NO_SPOT,
+    SPATIAL_OBSM,
+    SPOT_COLUMN,
+    SPOT_SHAPE_SQUARE,
+    UNS_KEY,
+    cells_table_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +48,13 @@ def assign_cells(
     key_added: str = SPOT_COLUMN,
     overwrite: bool = False,
 ) -> None:
-    """Assign each cell to the spot whose disk contains its centroid (the MIL bags).
+    """Assign each cell to the spot (disk or square bin) that contains its centroid (the MIL bags).
 
     A cell belongs to a spot when its centroid lies within the spot radius (KD-tree query, nearest
-    spot wins where disks overlap); cells outside every spot get ``-1``. They are still predicted
-    by :func:`scellst.tl.predict`.
+    spot wins where disks overlap), or, for the square bins of Visium HD
+    (:func:`scellst.io.read_visium_hd`), inside the bin's square on the bin grid; cells outside
+    every spot get ``-1``. They are still predicted by :func:`scellst.tl.predict`. (Training can
+    also spread a cell over the bins it overlaps: ``sst.tl.fit(pooling="overlap")``.)
 
     Parameters
     ----------
@@ -47,7 +63,8 @@ def assign_cells(
     cells_key
         The cell shapes; the assignment goes to their table ``f"{cells_key}_table"``.
     spots_key
-        The spot circles; may be omitted when there is a single circles element.
+        The spots (circles, or the square bins of Visium HD); may be omitted when there is a
+        single spots element.
     key_added
         ``obs`` column of the cells table receiving the spot instance id (``-1``: no spot).
     overwrite
@@ -76,17 +93,11 @@ def assign_cells(
             f"The cells table already has a column {key_added!r}; pass overwrite=True to recompute it."
         )
     skey = resolve_spots_key(sdata, spots_key)
-    ids, centres, radii = spot_geometry(sdata, skey, cells_key)
-    _check_spots_on_image(sdata, skey, cells_key, centres, radii)
     cells_xy = np.asarray(table.obsm[SPATIAL_OBSM])
-    assigned = np.full(len(cells_xy), NO_SPOT, dtype=np.int64)
-    if len(cells_xy) and len(centres):
-        dist, nearest = cKDTree(centres).query(
-            cells_xy, k=1, distance_upper_bound=float(radii.max())
-        )
-        inside = np.isfinite(dist)
-        inside[inside] = dist[inside] <= radii[nearest[inside]]
-        assigned[inside] = ids[nearest[inside]]
+    if spot_shape(sdata, skey) == SPOT_SHAPE_SQUARE:
+        ids, assigned = _assign_to_squares(sdata, skey, cells_key, cells_xy)
+    else:
+        ids, assigned = _assign_to_circles(sdata, skey, cells_key, cells_xy)
     table.obs[key_added] = assigned
     n_in = int((assigned != NO_SPOT).sum())
     n_spots = len(np.unique(assigned[assigned != NO_SPOT]))
@@ -104,6 +115,31 @@ def assign_cells(
         n_spots,
         len(ids),
     )
+
+
+def _assign_to_circles(sdata, skey, cells_key, cells_xy) -> tuple[np.ndarray, np.ndarray]:
+    """Spot ids, and the spot of each centroid: the nearest spot centre within its radius."""
+    ids, centres, radii = spot_geometry(sdata, skey, cells_key)
+    _check_spots_on_image(sdata, skey, cells_key, centres, radii)
+    assigned = np.full(len(cells_xy), NO_SPOT, dtype=np.int64)
+    if len(cells_xy) and len(centres):
+        dist, nearest = cKDTree(centres).query(
+            cells_xy, k=1, distance_upper_bound=float(radii.max())
+        )
+        inside = np.isfinite(dist)
+        inside[inside] = dist[inside] <= radii[nearest[inside]]
+        assigned[inside] = ids[nearest[inside]]
+    return ids, assigned
+
+
+def _assign_to_squares(sdata, skey, cells_key, cells_xy) -> tuple[np.ndarray, np.ndarray]:
+    """Bin ids, and the bin of each centroid: the square of the bin grid holding it."""
+    from .hd import assign_to_bins, square_bins
+
+    squares = square_bins(sdata, skey, cells_key)
+    centres = squares.grid.centres(squares.bins)
+    _check_spots_on_image(sdata, skey, cells_key, centres, squares.grid.size / np.sqrt(2))
+    return squares.ids, assign_to_bins(cells_xy, squares)
 
 
 def _check_spots_on_image(sdata, spots_key, cells_key, centres, radii) -> None:

@@ -15,7 +15,7 @@ from .evaluate import score_genes
 from .genes import select_genes
 from .model import MILModel
 from .options import training_options
-from .spots import measured_spots, slide_bags
+from .spots import BAG_DEFAULTS, measured_spots, slide_bags
 from .training import fit_slides
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ def leave_one_slide_out(
     **fit_kwargs
         Training settings passed on as in :func:`fit` (``loss``, ``lr``, ``max_epochs``, ...),
         with fit's defaults except ``progress=False``; the validation split is made within the
-        training slides.
+        training slides. Also fit's bag settings of square bins (``pooling``,
+        ``cell_dilation_um``, ``bin_um``), used for the training and the held-out slides.
 
     Returns
     -------
@@ -103,6 +104,7 @@ def leave_one_slide_out(
     )
     if len(named) < 2:
         raise ValueError("leave_one_slide_out needs at least two slides.")
+    bag_kw = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in BAG_DEFAULTS}
     options = training_options(**{"progress": False, **fit_kwargs})
     folds = list(named) if held_out is None else [str(h) for h in held_out]
     missing = [f for f in folds if f not in named]
@@ -115,6 +117,7 @@ def leave_one_slide_out(
             embedding_key=embedding_key,
             spots_key=spots_key,
             min_counts=min_spot_counts,
+            **bag_kw,
         )
         for name, s in named.items()
     }
@@ -134,8 +137,11 @@ def leave_one_slide_out(
             train, gene_list, options, min_spot_counts=min_spot_counts, gene_selection=genes
         )
         model.config["training_slides"] = train_names
+        model.config["bags"] = train[0].pooling
         b = bags[test]
-        pred = model.predict_spots(b.features, b.bag, b.spots.n_obs)
+        pred = model.predict_spots(
+            b.features, b.bag, b.spots.n_obs, cell=b.pair_cell, weight=b.weight
+        )
         scores = score_genes(pred, measured_spots(b, gene_list), gene_list)
         seconds = time.perf_counter() - t0
         rows.append(

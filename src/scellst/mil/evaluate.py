@@ -14,19 +14,22 @@ from scipy.spatial import cKDTree
 from scipy.stats import rankdata
 from spatialdata import SpatialData
 
+from .._sdata import spot_shape
+from .._sdata import spots_key as resolve_spots_key
 from ..constants import (
     CELLS_KEY,
     EMBEDDING_KEY,
     EMBEDDING_OBSM,
     EXPRESSION_KEY,
     SPATIAL_OBSM,
+    SPOT_SHAPE_SQUARE,
     TRUE_EXPRESSION_KEY,
     TRUE_LABELS_KEY,
     UNS_KEY,
 )
 from ..io._scale import element_microns_per_unit
 from .model import spot_predictions
-from .spots import SlideBags, log_normalized, measured_spots, slide_bags
+from .spots import BAG_DEFAULTS, SlideBags, log_normalized, measured_spots, slide_bags
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ def evaluate(
     spots_key: str | None = None,
     min_spot_counts: int = 20,
     max_distance_um: float = 4.0,
+    pooling: str | None = None,
+    cell_dilation_um: float | None = None,
+    bin_um: float | None = None,
 ) -> pd.DataFrame:
     """Per-gene Pearson and Spearman correlation of predictions with measured expression.
 
@@ -52,6 +58,8 @@ def evaluate(
       sum, in the model's units) and compared, across spots, with the spot's measured
       log-normalised expression (``log1p`` of counts per 10,000). Use it on a held-out slide, or
       on the validation spots of a training slide (``spots=model.config["validation_spots"][i]``).
+      Visium HD bins are pooled as the model was trained (``pooling``, ``cell_dilation_um``,
+      ``bin_um`` of :func:`scellst.tl.fit`) unless given here.
     - ``level="cell"``: predictions of the segmented cells are compared, across cells, with a
       cells × genes ground truth: the synthetic truth of :func:`scellst.datasets.synthetic`
       (matched through the true nucleus under each centroid), or any table of measured cells,
@@ -84,6 +92,9 @@ def evaluate(
         Spots with fewer counts are not scored.
     max_distance_um
         ``level="cell"`` with a table of measured cells: largest centroid distance of a match.
+    pooling, cell_dilation_um, bin_um
+        ``level="spot"`` on square bins: how to pool cells into bins (see
+        :func:`scellst.tl.fit`); default: as the model was trained (circles: centroid).
 
     Returns
     -------
@@ -110,6 +121,11 @@ def evaluate(
             cells_key=cells_key,
             spots_key=spots_key,
             min_spot_counts=min_spot_counts,
+            bag_settings={
+                "pooling": pooling,
+                "cell_dilation_um": cell_dilation_um,
+                "bin_um": bin_um,
+            },
         )
     if level == "cell":
         return _evaluate_cells(
@@ -182,11 +198,11 @@ def _prediction_info(sdata: SpatialData, table_key: str) -> tuple[ad.AnnData, di
 
 def _spot_predictions_from_table(table: ad.AnnData, info: dict, bags: SlideBags) -> np.ndarray:
     """Aggregate the per-cell predictions of a table back into spot predictions."""
-    rows = bags.cell_index
+    rows = bags.pairs(bags.cell_index)
     cells = {"log_normalized": table.X[rows]}
     if "counts" in table.layers:
         cells["counts"] = table.layers["counts"][rows]
-    return spot_predictions(cells, bags.bag, bags.spots.n_obs, info["model"])
+    return spot_predictions(cells, bags.bag, bags.spots.n_obs, info["model"], bags.weight)
 
 
 def slide_spot_predictions(
@@ -198,6 +214,7 @@ def slide_spot_predictions(
     cells_key: str = CELLS_KEY,
     spots_key: str | None = None,
     min_spot_counts: int = 20,
+    bag_settings: dict | None = None,
 ) -> tuple[SlideBags, np.ndarray, list[str]]:
     """The spots of a slide and their predictions, pooled from the cells as in training.
 
@@ -205,20 +222,28 @@ def slide_spot_predictions(
     table ``table_key`` of :func:`~scellst.tl.predict` with the model settings it stores
     (:func:`spot_predictions`). Returns the slide's bags (kept spots: with cells and
     ``min_spot_counts`` counts), the kept spots × predicted genes predictions and the
-    predicted genes.
+    predicted genes. Square bins are pooled with ``bag_settings`` (``pooling``,
+    ``cell_dilation_um``, ``bin_um``; None entries: as the model was trained).
     """
     if model is None:
         table, info = _prediction_info(sdata, table_key)
         embedding_key = info.get("embedding_key", embedding_key)
+        recorded = info["model"].get("bags", {})
+    else:
+        recorded = model.config.get("bags", {})
     bags = slide_bags(
         sdata,
         cells_key=cells_key,
         embedding_key=embedding_key,
         spots_key=spots_key,
         min_counts=min_spot_counts,
+        **_bag_settings(sdata, spots_key, recorded, bag_settings or {}),
     )
     if model is not None:
-        return bags, model.predict_spots(bags.features, bags.bag, bags.spots.n_obs), model.genes
+        pred = model.predict_spots(
+            bags.features, bags.bag, bags.spots.n_obs, cell=bags.pair_cell, weight=bags.weight
+        )
+        return bags, pred, model.genes
     if table.n_obs != len(sdata.tables[embedding_key]):
         raise ValueError(
             f"Table {table_key!r} has {table.n_obs} cells but the embedding has "
@@ -227,8 +252,30 @@ def slide_spot_predictions(
     return bags, _spot_predictions_from_table(table, info, bags), list(table.var_names)
 
 
+def _bag_settings(sdata: SpatialData, spots_key, recorded: dict, given: dict) -> dict:
+    """The bag settings to evaluate with: those given, else those of training (square bins only;
+    circles are always pooled by centroid)."""
+    if spot_shape(sdata, resolve_spots_key(sdata, spots_key)) != SPOT_SHAPE_SQUARE:
+        recorded = {}
+    out = {}
+    for key, default in BAG_DEFAULTS.items():
+        value = given.get(key)
+        out[key] = value if value is not None else recorded.get(key, default)
+    return out
+
+
 def _evaluate_spots(
-    sdata, model, *, spots, genes, table_key, embedding_key, cells_key, spots_key, min_spot_counts
+    sdata,
+    model,
+    *,
+    spots,
+    genes,
+    table_key,
+    embedding_key,
+    cells_key,
+    spots_key,
+    min_spot_counts,
+    bag_settings=None,
 ) -> pd.DataFrame:
     bags, pred, predicted_genes = slide_spot_predictions(
         sdata,
@@ -238,6 +285,7 @@ def _evaluate_spots(
         cells_key=cells_key,
         spots_key=spots_key,
         min_spot_counts=min_spot_counts,
+        bag_settings=bag_settings,
     )
     keep_genes, missing = _genes_to_score(predicted_genes, bags.spots.var_names, genes)
     idx = [predicted_genes.index(g) for g in keep_genes]

@@ -19,7 +19,11 @@ _WEIGHTS = "weights.pt"
 
 
 def spot_predictions(
-    cells: dict[str, np.ndarray], bag: np.ndarray, n_spots: int, config: dict
+    cells: dict[str, np.ndarray],
+    bag: np.ndarray,
+    n_spots: int,
+    config: dict,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Spot predictions (``log1p`` of counts per 10,000, float64) from cell predictions.
 
@@ -27,16 +31,18 @@ def spot_predictions(
     layer of a :func:`~scellst.tl.predict` table, rows of the cells in spots), ``bag[i]`` the
     spot (0..n_spots-1) of cell ``i``, ``config`` the model's (or its :meth:`~MILModel.summary`).
     Cells are pooled as in training: MSE in log space averages (sums) the log outputs, in linear
-    space the expression; count losses add up the cells' expected counts.
+    space the expression; count losses add up the cells' expected counts. With ``weight`` (one
+    per row, overlap-aware pooling) the rows are (cell, bin) pairs and the pooling is weighted.
     """
     how = config["aggregation"]
     n_med = float(config.get("median_cells_per_spot", 1.0))
     per_spot = n_med if how == "sum" else 1.0  # predict_cells scales "sum" cells to a whole spot
     index = torch.as_tensor(np.asarray(bag, np.int64))
+    w = None if weight is None else torch.as_tensor(np.asarray(weight, np.float64))
 
     def pool(values: np.ndarray) -> np.ndarray:
         values = torch.as_tensor(np.asarray(values, np.float64))
-        return aggregate(values, index, n_spots, how).numpy()
+        return aggregate(values, index, n_spots, how, w).numpy()
 
     if config["loss"] == "mse":
         log_cells = np.asarray(cells["log_normalized"], np.float64)
@@ -165,14 +171,27 @@ class MILModel:
         counts = raw if c["aggregation"] == "sum" else raw / n_med
         return {"log_normalized": log_normalized, "counts": counts.astype(np.float32)}
 
-    def predict_spots(self, features: np.ndarray, bag: np.ndarray, n_spots: int) -> np.ndarray:
+    def predict_spots(
+        self,
+        features: np.ndarray,
+        bag: np.ndarray,
+        n_spots: int,
+        *,
+        cell: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Spot predictions in log-normalised units (``log1p`` of counts per 10,000).
 
         The cell predictions are aggregated as in training (mean or sum over the cells of each
         spot; ``bag[i]`` is the spot, 0..n_spots-1, of cell ``i``): see :func:`spot_predictions`.
+        With overlap-aware bags (square bins, ``pooling="overlap"`` in :func:`scellst.tl.fit`),
+        ``bag``, ``cell`` and ``weight`` describe (cell, bin) pairs: bin ``bag[k]`` holds cell
+        ``cell[k]`` (a row of ``features``) with weight ``weight[k]``.
         """
         cells = self.predict_cells(features)
-        return spot_predictions(cells, bag, n_spots, self.config).astype(np.float32)
+        if cell is not None:
+            cells = {k: v[cell] for k, v in cells.items()}
+        return spot_predictions(cells, bag, n_spots, self.config, weight).astype(np.float32)
 
     def summary(self) -> dict:
         """Settings, preprocessing, encoder reference, skipped spots and loss curves, in a form
@@ -186,6 +205,8 @@ class MILModel:
         )  # fmt: skip
         out = {k: c[k] for k in keys if k in c and c[k] is not None}
         out["encoder_info"] = c.get("encoder_info", {"encoder": c["encoder"]})
+        if "bags" in c:  # how the spots' bags were made (square bins: pooling, coarsening)
+            out["bags"] = {k: v for k, v in c["bags"].items() if v is not None}
         out["preprocessing"] = c.get("preprocessing", {})
         for name in ("slides", "validation_slides"):
             rows = c.get(name) or []

@@ -111,17 +111,17 @@ def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILM
     torch.manual_seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
     train = data.train_spots.cpu().numpy()
-    n_cells = np.diff(data.offsets)
+    n_cells = data.cells_per_spot()
     config["median_total_counts"] = float(np.median(data.total[data.train_spots].cpu().numpy()))
     config["median_cells_per_spot"] = float(np.median(n_cells[train]))
     config["n_train_spots"] = int(len(train))
     config["n_val_spots"] = int(len(data.val_spots))
-    config["n_train_cells"] = int(n_cells[train].sum())
+    config["n_train_cells"] = int(round(n_cells[train].sum()))
     data.finish(config)
     config["target_scale"] = data.prediction_scale.tolist()
     model = MILModel.build(config)
     train_cells = data.cells_of(train)[0]
-    x = data.features[train_cells]
+    x = data.inputs(train_cells)
     model.module.set_input_scaling(x.mean(0).cpu(), x.std(0).cpu())
     model.module.init_output(torch.as_tensor(_typical_output(data, config)))
     model.to(data.device)
@@ -143,11 +143,22 @@ class _Tensors:
         slide: np.ndarray,
         device: torch.device,
         logn: np.ndarray | None = None,
+        cell: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
     ):
         n_spots = len(total)
         order = np.argsort(bag, kind="stable")
         self.device = device
-        self.features = torch.as_tensor(np.asarray(features, np.float32)[order], device=device)
+        if cell is None:  # one row of features per bag member
+            self.features = torch.as_tensor(np.asarray(features, np.float32)[order], device=device)
+            self.cell = None
+        else:  # (cell, bag, weight) pairs: features once per cell, pair -> its cell's row
+            self.features = torch.as_tensor(np.asarray(features, np.float32), device=device)
+            self.cell = torch.as_tensor(np.asarray(cell, np.int64)[order], device=device)
+        self.weight = None
+        if weight is not None:
+            self.weight = torch.as_tensor(np.asarray(weight, np.float32)[order], device=device)
+        self.bag_sorted = np.asarray(bag)[order]
         sizes = np.bincount(bag, minlength=n_spots)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.counts = torch.as_tensor(np.asarray(counts, np.float32), device=device)
@@ -166,15 +177,37 @@ class _Tensors:
         if (sizes == 0).any():
             raise ValueError("Every spot needs at least one cell.")
 
+    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
+        """Features of the bag members ``rows`` (from :meth:`cells_of`)."""
+        return self.features[rows] if self.cell is None else self.features[self.cell[rows]]
+
+    def weights(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Pooling weights of the bag members ``rows`` (None: all 1)."""
+        return None if self.weight is None else self.weight[rows]
+
+    def cells_per_spot(self) -> np.ndarray:
+        """Members of each spot (the sum of their weights with overlap-aware pooling)."""
+        if self.weight is None:
+            return np.diff(self.offsets).astype(np.float64)
+        w = self.weight.cpu().numpy().astype(np.float64)
+        return np.bincount(self.bag_sorted, weights=w, minlength=len(self.offsets) - 1)
+
     @classmethod
     def from_slides(cls, slides, val_slides, genes, split, val_fraction, rng, device) -> _Tensors:
         feats, bags, counts, totals, val, slide = [], [], [], [], [], []
-        offset = 0
+        cells, weights = [], []
+        offset = n_rows = 0
+        weighted = any(s.weight is not None for s in list(slides) + list(val_slides))
         for i, s in enumerate(list(slides) + list(val_slides)):
             counts.append(s.spots[:, genes].X.toarray())
             totals.append(s.total_counts)
             feats.append(s.features)
             bags.append(s.bag + offset)
+            if weighted:  # overlap-aware bags: (cell, bag, weight) pairs
+                pair_cell = np.arange(len(s.bag)) if s.pair_cell is None else s.pair_cell
+                cells.append(pair_cell + n_rows)
+                weights.append(np.ones(len(s.bag)) if s.weight is None else s.weight)
+            n_rows += len(s.features)
             offset += s.spots.n_obs
             slide.append(np.full(s.spots.n_obs, i))
             if i >= len(slides):
@@ -192,6 +225,8 @@ class _Tensors:
             np.concatenate(val),
             np.concatenate(slide),
             device,
+            cell=np.concatenate(cells) if weighted else None,
+            weight=np.concatenate(weights) if weighted else None,
         )
 
     def val_of_slide(self, i: int) -> np.ndarray:
@@ -252,14 +287,15 @@ def _typical_output(data: _Tensors, config: dict) -> np.ndarray:
 
 def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: dict) -> torch.Tensor:
     rows, bag = data.cells_of(spots.cpu().numpy())
-    cells = model.module(data.features[rows])
+    cells = model.module(data.inputs(rows))
+    weight = data.weights(rows)
     if config["loss"] == "mse" and config.get("aggregation_space") == "linear":
         # the spot's expression is its cells' expression pooled: log1p(mean(expm1(log cells)))
         scale = data.scale[spots]
         expression = torch.expm1((cells * scale[bag]).clamp(max=30.0))  # no float overflow
-        pooled = aggregate(expression, bag, len(spots), config["aggregation"])
+        pooled = aggregate(expression, bag, len(spots), config["aggregation"], weight)
         return mse_loss(torch.log1p(pooled) / scale, data.target[spots])
-    out = aggregate(cells, bag, len(spots), config["aggregation"])
+    out = aggregate(cells, bag, len(spots), config["aggregation"], weight)
     if config["loss"] == "mse":
         return mse_loss(out, data.target[spots])
     mu = out * data.size_factor[spots][:, None]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
-from matplotlib.collections import EllipseCollection
+from matplotlib.collections import EllipseCollection, PolyCollection
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from spatialdata import SpatialData
 
@@ -151,3 +151,8 @@ def discs(xy_um: np.ndarray, radius_um: np.ndarray, ax: Axes, **kwargs) -> Ellip
         offset_transform=ax.transData,
         **kwargs,
     )
+
+
+def polygons(corners_um: np.ndarray, **kwargs) -> PolyCollection:
+    """Polygons (e.g. square bins) given as an ``(n, k, 2)`` array of corners in µm."""
+    return PolyCollection(np.asarray(corners_um, float), closed=True, **kwargs)

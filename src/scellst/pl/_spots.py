@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import shapely
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from spatialdata import SpatialData
@@ -16,7 +17,16 @@ from .._tables import cells_table
 from ..constants import CELLS_KEY, EMBEDDING_KEY, EXPRESSION_KEY
 from ..mil.spots import TARGET_SUM, measured_spots
 from ._figure import finish, grid_axes
-from ._slide import Slide, add_scalebar, box_figsize, discs, in_box, set_view, view_box
+from ._slide import (
+    Slide,
+    add_scalebar,
+    box_figsize,
+    discs,
+    in_box,
+    polygons,
+    set_view,
+    view_box,
+)
 
 
 @doc_params(grid_show_save=GRID_SHOW_SAVE)
@@ -49,8 +59,10 @@ def spots(
     Left: the measured expression of each spot, ``log1p`` of counts per 10,000 of the spot
     (the training targets). Right: the predictions of its cells (table ``table_key`` written by
     :func:`scellst.tl.predict`) pooled per spot exactly as in training and in
-    :func:`scellst.tl.evaluate` (mean or sum, in the model's space). Spots are drawn as circles
-    of their true radius in µm over the H&E; both panels of a row share one colour scale, and
+    :func:`scellst.tl.evaluate` (mean or sum, in the model's space; Visium HD bins with the
+    model's pooling and coarsening). Spots are drawn as circles of their true radius in µm, or
+    as the squares of Visium HD bins (the coarser squares when the model pooled them), over the
+    H&E; both panels of a row share one colour scale, and
     the title gives the Pearson correlation across the spots shown, which equals
     ``sst.tl.evaluate(sdata, spots=...)`` for the same spots.
 
@@ -66,7 +78,8 @@ def spots(
     table_key
         The prediction table.
     spots_key, cells_key, embedding_key
-        The spot circles (default: the only circles), the cell shapes and the embedding table.
+        The spots (default: the only circles or square bins), the cell shapes and the embedding
+        table.
     spots
         Instance ids of the spots to draw (e.g. ``model.config["validation_spots"][0]``, the
         validation spots of the first training slide); default all.
@@ -118,10 +131,7 @@ def spots(
     )
     _check_genes(genes, predicted, list(bags.spots.var_names), table_key)
     slide = Slide.of(sdata, cells_image_key(sdata, cells_table(sdata, cells_key), image_key))
-    circles = sdata.shapes[bags.spots_key].loc[bags.instance]
-    to_um = slide.to_um(bags.spots_key)
-    xy = apply_matrix(to_um, np.column_stack([circles.geometry.x, circles.geometry.y]))
-    radius = circles["radius"].to_numpy(float) * np.sqrt(abs(np.linalg.det(to_um[:2, :2])))
+    xy, radius, corners = _spot_outlines(sdata, slide, bags)
     fit = (
         (xy - radius[:, None]).min(0) - radius.mean(),
         (xy + radius[:, None]).max(0) + radius.mean(),
@@ -147,7 +157,10 @@ def spots(
             panel = axes[row, col]
             if image:
                 slide.draw(panel, box, max_image_px)
-            coll = discs(xy[select], radius[select], panel, cmap=cmap, alpha=alpha)
+            if corners is None:
+                coll = discs(xy[select], radius[select], panel, cmap=cmap, alpha=alpha)
+            else:
+                coll = polygons(corners[select], cmap=cmap, alpha=alpha, linewidths=0)
             coll.set_array(values)
             coll.set_clim(lo, hi)
             panel.add_collection(coll)
@@ -164,6 +177,24 @@ def spots(
     if own:
         fig.suptitle(f"Spot expression, {units}")
     return finish(fig, own=own, show=show, save=save)
+
+
+def _spot_outlines(sdata: SpatialData, slide: Slide, bags):
+    """Centres (µm), radii (µm; half the diagonal for squares) and, for square bins, the
+    ``(n, 4, 2)`` corners in µm of the kept spots."""
+    if bags.grid is None:
+        circles = sdata.shapes[bags.spots_key].loc[bags.instance]
+        to_um = slide.to_um(bags.spots_key)
+        xy = apply_matrix(to_um, np.column_stack([circles.geometry.x, circles.geometry.y]))
+        radius = circles["radius"].to_numpy(float) * np.sqrt(abs(np.linalg.det(to_um[:2, :2])))
+        return xy, radius, None
+    to_um = slide.to_um(bags.cells_key)
+    squares = bags.grid.squares(bags.bins)
+    corners = shapely.get_coordinates(squares).reshape(len(squares), 5, 2)[:, :4]
+    corners = apply_matrix(to_um, corners.reshape(-1, 2)).reshape(-1, 4, 2)
+    xy = corners.mean(1)
+    radius = np.linalg.norm(corners[:, 0] - xy, axis=1)
+    return xy, radius, corners
 
 
 def _check_genes(genes: list[str], predicted: list[str], measured: list[str], table: str) -> None:
