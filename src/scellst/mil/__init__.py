@@ -17,6 +17,9 @@ Modules:
 - ``options``: the training settings and their defaults (read by ``fit`` and the trainer);
 - ``training``, ``split``, ``losses``, ``pooling``, ``mlp``: the trainer, validation splits,
   spot losses, cell -> spot pooling and the per-cell network;
+- ``ridge``: the closed-form ridge on spot-mean embeddings as a per-cell linear model (the
+  ensemble's linear member);
+- ``ood``: distance of cell embeddings to the training cells' (out-of-distribution flag);
 - ``model``: :class:`~scellst.tl.MILModel` (predict, save, load);
 - ``fit``, ``predict``: the public entry points;
 - ``evaluate``, ``crossval``: per-gene scores at spot or cell level, leave-one-slide-out.

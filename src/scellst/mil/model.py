@@ -192,7 +192,10 @@ class MILModel:
     def ceiling(self) -> np.ndarray:
         """Per-gene upper bound of the cell predictions (``log1p`` of counts per 10,000)."""
         c = np.asarray(self.config.get("ceiling", MAX_LOG_NORMALIZED), np.float64)
-        return np.minimum(np.broadcast_to(c, (len(self.genes),)), MAX_LOG_NORMALIZED)
+        c = np.minimum(np.broadcast_to(c, (len(self.genes),)), MAX_LOG_NORMALIZED)
+        c32 = c.astype(np.float32)  # predictions are float32: round the bound down, not up
+        c32 = np.where(c32.astype(np.float64) > c, np.nextafter(c32, np.float32(0)), c32)
+        return c32.astype(np.float64)
 
     def predict_cells(self, features: np.ndarray, batch_size: int = 65536) -> dict[str, np.ndarray]:
         """Per-cell predictions from cell embeddings.

@@ -78,7 +78,9 @@ def check_options(options: Mapping) -> None:
     if options["blend"] not in BLENDS:
         raise ValueError(f"blend must be one of {BLENDS}, got {options['blend']!r}")
     members = options["members"]
-    if members is not None and (isinstance(members, bool) or int(members) != members or members < 1):
+    if members is not None and (
+        isinstance(members, bool) or int(members) != members or members < 1
+    ):
         raise ValueError(f"members must be None (automatic) or an integer >= 1, got {members!r}")
 
 

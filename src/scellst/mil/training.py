@@ -536,8 +536,10 @@ def _train(
         alpha = AUTO_SMOOTHING if 0 < len(data.val_spots) < SMALL_VALIDATION else 0.0
         config["smoothing"] = alpha
     best, best_state, since_best, smoothed = np.inf, None, 0, None
-    bar = tqdm(range(config["max_epochs"]), desc=desc, disable=not progress, unit="epoch")
-    for epoch in bar:
+    # updated by hand: a bar iterated by the loop would close itself at the early-stopping break
+    bar = tqdm(total=config["max_epochs"], desc=desc, disable=not progress, unit="epoch")
+    for epoch in range(config["max_epochs"]):
+        bar.update(1)
         model.module.train()
         order = data.train_spots[
             torch.as_tensor(rng.permutation(len(data.train_spots)), device=data.device)
