@@ -10,7 +10,7 @@ from ..constants import CELLS_KEY, EMBEDDING_KEY
 from .genes import common_genes, select_genes
 from .model import MILModel
 from .options import DEFAULTS, TRAINING_OPTIONS, training_options
-from .spots import slide_bags
+from .spots import slide_bags, slide_label
 from .training import fit_slides
 
 
@@ -177,6 +177,7 @@ def fit(
         min_frac=min_gene_fraction,
         universe=common_genes(val_slides) if val_slides else None,
     )
+    names = [_name(s, b, i) for i, (s, b) in enumerate(zip(sdatas, slides, strict=True))]
     return fit_slides(
         slides,
         gene_list,
@@ -184,7 +185,14 @@ def fit(
         val_slides=val_slides,
         min_spot_counts=min_spot_counts,
         gene_selection=genes,
+        slide_names=names,
     )
+
+
+def _name(sdata: SpatialData, bags, i: int) -> str:
+    """The slide's sample id when its reader recorded one, else ``"slide i"``."""
+    label = slide_label(sdata, bags.spots_key)
+    return label.strip("'") if label != "'?'" else f"slide {i}"
 
 
 def _as_list(x, name: str) -> list[SpatialData]:

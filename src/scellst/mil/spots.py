@@ -102,14 +102,15 @@ def slide_bags(
     keep = has_cells & (total >= min_counts)
     if (~has_cells).any():
         log.warning(
-            "%d of %d spots of %r contain no segmented cell and are skipped.",
+            "%d of %d spots of %r (slide %s) contain no segmented cell and are skipped.",
             int((~has_cells).sum()),
             len(has_cells),
             skey,
+            slide_label(sdata, skey),
         )
     if not keep.any():
         raise ValueError(
-            f"No spot of {skey!r} has both a segmented cell and >= {min_counts} counts: check that "
+            f"No spot of {skey!r} (slide {slide_label(sdata, skey)}) has both a segmented cell and >= {min_counts} counts: check that "
             "the spots lie on the tissue and that segmentation found nuclei."
         )
     n_total = len(keep)
@@ -141,6 +142,16 @@ def slide_bags(
         n_low_counts=n_low,
         encoder_info=encoder_reference(info),
     )
+
+
+def slide_label(sdata: SpatialData, spots_key: str) -> str:
+    """How messages name a slide: the sample id its reader recorded (``'C3'``), else ``'?'``."""
+    try:
+        uns = sdata.tables[table_for_element(sdata, spots_key)].uns.get(UNS_KEY, {})
+    except (KeyError, ValueError):
+        return "'?'"
+    sample = uns.get("sample_id") if isinstance(uns, dict) else None
+    return repr(str(sample)) if sample else "'?'"
 
 
 def log_normalized(counts, total: np.ndarray) -> np.ndarray:
