@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -360,16 +361,18 @@ def _validation_pearson(model: MILModel, members, ridges, splits) -> np.ndarray 
                 for s in np.unique(slide)
                 if (slide == s).sum() >= 3
             ]
-            grid.append(np.nanmean(by_slide, axis=0) if by_slide else np.full(mlp.shape[1], np.nan))
+            grid.append(_quiet_nanmean(by_slide) if by_slide else np.full(mlp.shape[1], np.nan))
         per_member.append(grid)
     if not per_member:
         return None
-    with np.errstate(all="ignore"):
-        import warnings
+    return _quiet_nanmean(per_member)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(np.asarray(per_member, np.float64), axis=0)
+
+def _quiet_nanmean(values) -> np.ndarray:
+    """Mean over the first axis ignoring NaN (a gene constant on a validation set), silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(values, np.float64), axis=0)
 
 
 def _nanmean(x) -> float:
