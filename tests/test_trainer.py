@@ -145,7 +145,7 @@ def test_predict_writes_spread_and_flags_and_they_are_documented(ensemble, embed
     doc = (DOCS / "data_model.md").read_text()
     for name in (C.SPREAD_LAYER, C.UNCERTAINTY_COLUMN, C.OOD_COLUMN, C.OOD_DISTANCE_COLUMN,
                  C.ON_TISSUE_COLUMN):  # fmt: skip
-        assert f"\"{name}\"" in doc
+        assert f'"{name}"' in doc
     sst.io.write_zarr(sdata, tmp_path / "p.zarr")  # the new uns entries are storable
     # grey out the flagged cells in a plot
     ax = sst.pl.cells(sdata, color="EPCAM", mask=C.OOD_COLUMN, image=False, show=False)
