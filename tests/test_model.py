@@ -54,7 +54,7 @@ def test_nb_loss_and_counts_output(embedded):
     genes = list(embedded["truth_expression"].uns["marker_genes"]["lymphocyte"])
     model = sst.tl.fit(embedded, genes=genes, loss="nb", max_epochs=80, progress=False)
     pred = model.predict_cells(embedded["sst_embedding"].obsm["X_sst"])
-    assert set(pred) == {"log_normalized", "counts"}
+    assert set(pred) == {"log_normalized", "counts", "spread"}
     assert (pred["counts"] >= 0).all() and np.isfinite(pred["log_normalized"]).all()
     truth = embedded["truth_expression"]
     rows, truth_rows = match_truth_cells(embedded, "sst_embedding")

@@ -52,6 +52,19 @@ CELL_TYPE_COLUMN = "cell_type"
 SPATIAL_OBSM = "spatial"
 EMBEDDING_OBSM = "X_sst"
 NO_SPOT = -1
+#: obs column of the cells table (``sst.pp.segment``): whether the cell's centroid lies on the
+#: slide's tissue mask (False: glass, dust, pen marks far from the tissue).
+ON_TISSUE_COLUMN = "on_tissue"
+#: Layer of the prediction table: per cell and gene, the standard deviation of the ensemble
+#: members' predictions (``log1p`` of counts per 10,000).
+SPREAD_LAYER = "spread"
+#: obs column of the prediction table: per cell, the mean over genes of the spread divided by
+#: the gene's standard deviation across the training spots (0: the members agree).
+UNCERTAINTY_COLUMN = "uncertainty"
+#: obs columns of the prediction table: distance of the cell's embedding to the training cells'
+#: (about 1 for a typical training cell) and whether it lies above the model's threshold.
+OOD_DISTANCE_COLUMN = "ood_distance"
+OOD_COLUMN = "out_of_distribution"
 #: obs columns of a square-bin (Visium HD) table: the bin's row and column on the bin grid.
 ARRAY_ROW = "array_row"
 ARRAY_COL = "array_col"

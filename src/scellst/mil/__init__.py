@@ -21,6 +21,9 @@ Modules:
 - ``training``, ``split``, ``losses``, ``pooling``, ``mlp``: the trainer, validation splits,
   spot losses, cell -> spot pooling (weighted with overlap-aware bags) and the per-cell
   network;
+- ``ridge``: the closed-form ridge on spot-mean embeddings as a per-cell linear model (the
+  ensemble's linear member);
+- ``ood``: distance of cell embeddings to the training cells' (out-of-distribution flag);
 - ``model``: :class:`~scellst.tl.MILModel` (predict, save, load);
 - ``fit``, ``predict``: the public entry points;
 - ``evaluate``, ``crossval``: per-gene scores at spot or cell level, leave-one-slide-out.

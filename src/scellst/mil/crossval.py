@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 from spatialdata import SpatialData
+from tqdm.auto import tqdm
 
 from ..constants import CELLS_KEY, EMBEDDING_KEY
 from .evaluate import score_genes
@@ -61,6 +62,7 @@ def leave_one_slide_out(
     min_gene_counts: int = 200,
     min_gene_fraction: float = 0.1,
     keep_models: bool = True,
+    progress: bool = True,
     **fit_kwargs,
 ) -> CrossValidation:
     """Leave-one-slide-out evaluation: for each slide, train on the others and score it.
@@ -83,11 +85,14 @@ def leave_one_slide_out(
         As in :func:`fit`.
     keep_models
         Keep each fold's model in the result.
+    progress
+        Show a progress bar over the folds (the fits' own epoch bars stay off).
     **fit_kwargs
-        Training settings passed on as in :func:`fit` (``loss``, ``lr``, ``max_epochs``, ...),
-        with fit's defaults except ``progress=False``; the validation split is made within the
-        training slides. Also fit's bag settings of square bins (``pooling``,
-        ``cell_dilation_um``, ``bin_um``), used for the training and the held-out slides.
+        Training settings passed on as in :func:`fit` (``loss``, ``lr``, ``max_epochs``,
+        ``members``, ...), with fit's defaults; the validation (the ensemble's members) is made
+        within the training slides of each fold. Also fit's bag settings of square bins
+        (``pooling``, ``cell_dilation_um``, ``bin_um``), used for the training and the held-out
+        slides.
 
     Returns
     -------
@@ -105,7 +110,7 @@ def leave_one_slide_out(
     if len(named) < 2:
         raise ValueError("leave_one_slide_out needs at least two slides.")
     bag_kw = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in BAG_DEFAULTS}
-    options = training_options(**{"progress": False, **fit_kwargs})
+    options = training_options(**{**fit_kwargs, "progress": False})
     folds = list(named) if held_out is None else [str(h) for h in held_out]
     missing = [f for f in folds if f not in named]
     if missing:
@@ -122,7 +127,9 @@ def leave_one_slide_out(
         for name, s in named.items()
     }
     rows, per_gene, models = [], [], {}
-    for test in folds:
+    bar = tqdm(folds, desc="leave_one_slide_out", unit="fold", disable=not progress)
+    for test in bar:
+        bar.set_postfix_str(f"holding out {test}")
         t0 = time.perf_counter()
         train_names = [n for n in named if n != test]
         train = [bags[n] for n in train_names]
@@ -134,7 +141,12 @@ def leave_one_slide_out(
             universe=bags[test].spots.var_names,
         )
         model = fit_slides(
-            train, gene_list, options, min_spot_counts=min_spot_counts, gene_selection=genes
+            train,
+            gene_list,
+            options,
+            min_spot_counts=min_spot_counts,
+            gene_selection=genes,
+            slide_names=train_names,
         )
         model.config["training_slides"] = train_names
         model.config["bags"] = train[0].pooling
@@ -160,7 +172,14 @@ def leave_one_slide_out(
         per_gene.append(scores.reset_index().assign(held_out=test))
         if keep_models:
             models[test] = model
-        log.info("leave_one_slide_out: %s held out, mean Pearson %.3f", test, rows[-1]["pearson"])
+        log.info(
+            "leave_one_slide_out: slide %r held out (%d spots), mean Pearson %.3f",
+            test,
+            b.spots.n_obs,
+            rows[-1]["pearson"],
+        )
+        bar.set_postfix_str(f"{test}: Pearson {rows[-1]['pearson']:.3f}")
+    bar.close()
     summary = pd.DataFrame(rows).set_index("held_out")
     per_gene_df = pd.concat(per_gene, ignore_index=True)[
         ["held_out", "gene", "pearson", "spearman", "mse", "n"]

@@ -10,7 +10,7 @@ from ..constants import CELLS_KEY, EMBEDDING_KEY
 from .genes import common_genes, select_genes
 from .model import MILModel
 from .options import DEFAULTS, TRAINING_OPTIONS, training_options
-from .spots import BAG_DEFAULTS, bag_options, slide_bags
+from .spots import BAG_DEFAULTS, bag_options, slide_bags, slide_label
 from .training import fit_slides
 
 
@@ -39,6 +39,8 @@ def fit(
     val_fraction: float = DEFAULTS.val_fraction,
     split: str = DEFAULTS.split,
     scale_targets: bool | str = DEFAULTS.scale_targets,
+    members: int | None = DEFAULTS.members,
+    blend: str = DEFAULTS.blend,
     min_spot_counts: int = 20,
     min_gene_counts: int = 200,
     min_gene_fraction: float = 0.1,
@@ -52,6 +54,20 @@ def fit(
     ``pooling="overlap"``, of every cell overlapping it, weighted by its area fraction). A shared MLP maps every cell
     embedding to a gene vector; the mean (or sum) over the cells of a spot is fitted to the spot's
     measured expression. The validation loss drives early stopping and the best epoch is kept.
+
+    The model is a small ensemble (``members``) so that it never loses to its own special case:
+    each member is an MLP plus the closed-form ridge on the spots' mean embeddings (the linear
+    per-cell model, mean-pooled), both trained on the member's training spots, the ridge's
+    penalty chosen per gene on the member's validation spots. Each gene's blend
+    ``w * MLP + (1 - w) * ridge`` (``w`` in 1, 0.75, 0.5, 0.25, 0) is the one with the highest
+    per-slide Pearson on the members' validation spots. Predictions are the members' mean, their
+    standard deviation the per-cell uncertainty. ``model.config["ensemble"]`` records the
+    members, each candidate's validation Pearson and the per-gene choice
+    (``config["blend_weight"]``). Every cell keeps its own prediction (the ridge is a per-cell
+    linear model). Predictions are finite and clipped to ``[0, ceiling]``, a per-gene ceiling
+    ``log1p(n95 × expm1(max spot target))`` (``n95``: the 95th percentile of cells per spot;
+    never above ``log1p(10,000)``), recorded in ``config["ceiling"]``; the training cells'
+    feature distribution is kept to flag unlike cells (``config["ood"]``).
 
     Spot preprocessing follows sCellST: spots with fewer than ``min_spot_counts`` counts or
     without any segmented cell are skipped (and counted in ``model.config["slides"]``); targets
@@ -127,6 +143,16 @@ def fit(
         all training spots, ``"slide"`` by its 95th percentile within each slide (sCellST), so
         every gene weighs alike in the loss; ``False``/``"none"``: no scaling. Undone at
         prediction (with ``"slide"``, by the mean of the training slides' percentiles).
+    members
+        Ensemble members. ``None`` (default): with ``validation`` slides, 3 members (seeds)
+        validated on them; with 2 to 5 training slides, one member per slide, validated on that
+        whole slide and trained on the others (a slide-level validation, as the held-out test);
+        otherwise 3 members on different ``split`` splits. An integer: that many members on
+        different splits (each with its own seed).
+    blend
+        ``"auto"`` (default): per-gene validated blend of MLP and ridge (MSE loss only);
+        ``"mlp"``: the MLPs alone (sCellST); ``"ridge"``: the closed-form ridge alone (no
+        network trained). Count losses always use the MLPs alone.
     min_spot_counts
         Spots with fewer total counts are skipped.
     min_gene_counts, min_gene_fraction
@@ -136,7 +162,8 @@ def fit(
     device
         ``"cpu"``, ``"cuda"``...; default: a GPU when available.
     progress
-        Show a progress bar over epochs.
+        Show a progress bar over epochs, one per member; it ends at the epoch where training
+        stopped ("stopped at epoch 40, best 19").
 
     Returns
     -------
@@ -177,6 +204,7 @@ def fit(
         min_frac=min_gene_fraction,
         universe=common_genes(val_slides) if val_slides else None,
     )
+    names = [_name(s, b, i) for i, (s, b) in enumerate(zip(sdatas, slides, strict=True))]
     model = fit_slides(
         slides,
         gene_list,
@@ -184,9 +212,16 @@ def fit(
         val_slides=val_slides,
         min_spot_counts=min_spot_counts,
         gene_selection=genes,
+        slide_names=names,
     )
     model.config["bags"] = slides[0].pooling  # how evaluate / pl.spots pool cells again
     return model
+
+
+def _name(sdata: SpatialData, bags, i: int) -> str:
+    """The slide's sample id when its reader recorded one, else ``"slide i"``."""
+    label = slide_label(sdata, bags.spots_key)
+    return label.strip("'") if label != "'?'" else f"slide {i}"
 
 
 def _as_list(x, name: str) -> list[SpatialData]:

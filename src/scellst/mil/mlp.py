@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .ridge import CLIP_Z
+
 
 class CellMLP(nn.Module):
     """Standardise the embedding, then MLP ``in -> hidden... -> genes`` with a positive output.
@@ -57,5 +59,8 @@ class CellMLP(nn.Module):
                 last.bias.copy_(x + torch.log(-torch.expm1(-b * x)) / b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.net((x - self.in_mean) / self.in_std)
+        # standardised inputs; a non-finite feature counts as the training mean, and features
+        # beyond CLIP_Z standard deviations are clipped (cells unlike any training cell)
+        z = torch.nan_to_num((x - self.in_mean) / self.in_std, nan=0.0).clamp(-CLIP_Z, CLIP_Z)
+        z = self.net(z)
         return torch.exp(z.clamp(max=30)) if self.output == "exp" else self.softplus(z)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 
 LOSSES = ("mse", "nb", "poisson")
 SCALINGS = ("global", "slide", "none")
+BLENDS = ("auto", "mlp", "ridge")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class TrainingOptions:
     val_fraction: float = 0.2
     split: str = "spatial"
     scale_targets: bool | str = True
+    members: int | None = None
+    blend: str = "auto"
     seed: int = 0
     device: str | None = None
     progress: bool = True
@@ -72,6 +75,13 @@ def check_options(options: Mapping) -> None:
     if smoothing is not None and not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be None or in [0, 1), got {smoothing!r}")
     target_scaling(options["scale_targets"])
+    if options["blend"] not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {options['blend']!r}")
+    members = options["members"]
+    if members is not None and (
+        isinstance(members, bool) or int(members) != members or members < 1
+    ):
+        raise ValueError(f"members must be None (automatic) or an integer >= 1, got {members!r}")
 
 
 def target_scaling(scale_targets: bool | str) -> str:

@@ -231,14 +231,15 @@ def _kept_spots(spots: ad.AnnData, has_cells: np.ndarray, min_counts: int, skey:
     keep = has_cells & (total >= min_counts)
     if (~has_cells).any():
         log.warning(
-            "%d of %d spots of %r contain no segmented cell and are skipped.",
+            "%d of %d spots of %r (slide %s) contain no segmented cell and are skipped.",
             int((~has_cells).sum()),
             len(has_cells),
             skey,
+            slide_label(sdata, skey),
         )
     if not keep.any():
         raise ValueError(
-            f"No spot of {skey!r} has both a segmented cell and >= {min_counts} counts: check that "
+            f"No spot of {skey!r} (slide {slide_label(sdata, skey)}) has both a segmented cell and >= {min_counts} counts: check that "
             "the spots lie on the tissue and that segmentation found nuclei."
         )
     return keep
@@ -311,6 +312,16 @@ def sparse_by_bin(weights) -> sp.csr_matrix:
     by_bin.eliminate_zeros()
     by_bin.sort_indices()
     return by_bin
+
+
+def slide_label(sdata: SpatialData, spots_key: str) -> str:
+    """How messages name a slide: the sample id its reader recorded (``'C3'``), else ``'?'``."""
+    try:
+        uns = sdata.tables[table_for_element(sdata, spots_key)].uns.get(UNS_KEY, {})
+    except (KeyError, ValueError):
+        return "'?'"
+    sample = uns.get("sample_id") if isinstance(uns, dict) else None
+    return repr(str(sample)) if sample else "'?'"
 
 
 def log_normalized(counts, total: np.ndarray) -> np.ndarray:

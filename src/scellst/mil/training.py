@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .evaluate import pearson_per_gene
 from .losses import mse_loss, nb_nll, poisson_nll
-from .model import MILModel, default_device
+from .model import MAX_LOG_NORMALIZED, MILModel, default_device, spot_predictions
+from .ood import QUANTILE, FeatureDistribution
 from .options import target_scaling
 from .pooling import aggregate
+from .ridge import LinearCells, fit_linear_cells, spot_means
 from .split import split_spots
 from .spots import TARGET_SUM, SlideBags, log_normalized
 
@@ -23,6 +27,14 @@ log = logging.getLogger(__name__)
 #: exponential moving average of weight AUTO_SMOOTHING (measured in BENCHMARKS.md).
 SMALL_VALIDATION = 20
 AUTO_SMOOTHING = 0.9
+#: Members of the ensemble when ``members=None`` and not one per training slide.
+AUTO_MEMBERS = 3
+#: With ``members=None``, up to this many training slides get one member each.
+MAX_SLIDE_MEMBERS = 5
+#: MLP weights tried per gene in the blend ``w * MLP + (1 - w) * ridge`` (1: the MLP alone).
+BLEND_GRID = [1.0, 0.75, 0.5, 0.25, 0.0]
+#: Training cells sampled to fit the out-of-distribution statistics.
+OOD_CELLS = 20_000
 
 
 def _check_same_encoder(slides: list[SlideBags]) -> None:
@@ -43,20 +55,27 @@ def fit_slides(
     val_slides: Sequence[SlideBags] = (),
     min_spot_counts: int,
     gene_selection: str | Sequence[str] = "list",
+    slide_names: Sequence[str] | None = None,
 ) -> MILModel:
     """:func:`fit` on bags already collected (:func:`~scellst.tl._spots.slide_bags`).
 
     ``options`` holds every training setting (:data:`~scellst.mil.options.TRAINING_OPTIONS`), as made by
     :func:`~scellst.mil.options.training_options`; ``min_spot_counts`` is the one the bags were
     collected with, and ``gene_selection`` the ``genes`` argument of :func:`fit` (recorded:
-    ``"hvg:N"``/``"svg:N"``, or ``"list"`` for a list of names).
+    ``"hvg:N"``/``"svg:N"``, or ``"list"`` for a list of names). ``slide_names`` name the
+    training slides in messages and in ``config`` (default ``"slide 0"``, ...).
     """
     o = options
     val_slides = list(val_slides)
     _check_same_encoder(slides + val_slides)
-    rng = np.random.default_rng(o["seed"])
+    names = (
+        [str(n) for n in slide_names] if slide_names else [f"slide {i}" for i in range(len(slides))]
+    )
+    if len(names) != len(slides):
+        raise ValueError(f"{len(names)} slide names for {len(slides)} slides.")
     dev = torch.device(o["device"]) if o["device"] is not None else default_device()
-    data = _Tensors.from_slides(slides, val_slides, genes, o["split"], o["val_fraction"], rng, dev)
+    data = _Tensors.from_slides(slides, val_slides, genes, dev)
+    plans = member_plans(data, slides, val_slides, o, names)
     mse = o["loss"] == "mse"
     scaling = target_scaling(o["scale_targets"]) if mse else "none"
     config = {
@@ -77,7 +96,7 @@ def fit_slides(
         "max_epochs": int(o["max_epochs"]),
         "patience": int(o["patience"]),
         "smoothing": o["smoothing"],
-        "validation": "slides" if val_slides else o["split"],
+        "validation": "slides" if val_slides else plans[0]["kind"],
         "val_fraction": 0.0 if val_slides else float(o["val_fraction"]),
         "split": o["split"],
         "seed": int(o["seed"]),
@@ -92,14 +111,58 @@ def fit_slides(
             "scale_targets": scaling,
         },
         "slides": [s.skipped() for s in slides],
+        "slide_names": names,
         "validation_slides": [s.skipped() for s in val_slides],
         "n_slides": len(slides),
         "n_val_slides": len(val_slides),
+        "n_members": len(plans),
+        "blend": o["blend"] if mse else "mlp",
     }
+    # the first member's validation spots, per training slide (as sst.tl.evaluate takes them)
     config["validation_spots"] = [
-        _plain_list(s.instance[data.val_of_slide(i)]) for i, s in enumerate(slides)
+        _plain_list(s.instance[plans[0]["val"][data.slide == i]]) for i, s in enumerate(slides)
     ]
-    return fit_tensors(data, config, progress=o["progress"])
+    return fit_ensemble(data, config, plans, progress=o["progress"])
+
+
+def member_plans(
+    data: _Tensors, slides, val_slides, options: Mapping, names: Sequence[str]
+) -> list[dict]:
+    """The validation spots of each ensemble member (``options["members"]``).
+
+    ``None`` (auto): with validation slides, three members (seeds) validated on them; with 2 to
+    :data:`MAX_SLIDE_MEMBERS` training slides, one member per training slide, validated on that
+    whole slide and trained on the others; otherwise three members with different
+    ``split`` / ``val_fraction`` splits of every slide. An integer: that many members with
+    different splits (validated on the validation slides, when given).
+    """
+    n = options["members"]
+    seed = int(options["seed"])
+    if val_slides:
+        return [
+            {
+                "val": data.val.copy(),
+                "kind": "slides",
+                "name": f"validation slides, seed {seed + k}",
+            }
+            for k in range(n or AUTO_MEMBERS)
+        ]
+    if n is None and 2 <= len(slides) <= MAX_SLIDE_MEMBERS:
+        return [
+            {"val": data.slide == i, "kind": "held-out slide", "name": f"validate on {names[i]}"}
+            for i in range(len(slides))
+        ]
+    plans = []
+    for k in range(n or AUTO_MEMBERS):
+        rng = np.random.default_rng(seed + k)
+        val = np.zeros(len(data.val), bool)
+        for i, s in enumerate(slides):
+            xy = s.spots.obs[["x_um", "y_um"]].to_numpy()
+            val[data.slide == i] = split_spots(xy, options["val_fraction"], options["split"], rng)
+        plans.append(
+            {"val": val, "kind": options["split"], "name": f"{options['split']} split {k}"}
+        )
+    return plans
 
 
 def _plain_list(values: np.ndarray) -> list:
@@ -107,9 +170,17 @@ def _plain_list(values: np.ndarray) -> list:
 
 
 def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILModel:
-    """Build and train a model on prepared tensors (also used by the benchmarks' oracle)."""
-    torch.manual_seed(config["seed"])
-    rng = np.random.default_rng(config["seed"])
+    """Build and train one MLP on prepared tensors, with their own split (no ridge, no ensemble)."""
+    pool_statistics(data, config)
+    config.update(n_members=1, blend="mlp")
+    model = _train_member(data, config, int(config["seed"]), progress, "fit")
+    model.ood = _ood(data)
+    return model
+
+
+def pool_statistics(data: _Tensors, config: dict) -> None:
+    """Preprocessing statistics of the training spots (``data.train_spots``: every spot but
+    those of validation slides), shared by all members: target scale, size factors, ceiling."""
     train = data.train_spots.cpu().numpy()
     n_cells = data.cells_per_spot()
     config["median_total_counts"] = float(np.median(data.total[data.train_spots].cpu().numpy()))
@@ -119,14 +190,204 @@ def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILM
     config["n_train_cells"] = int(round(n_cells[train].sum()))
     data.finish(config)
     config["target_scale"] = data.prediction_scale.tolist()
-    model = MILModel.build(config)
-    train_cells = data.cells_of(train)[0]
-    x = data.inputs(train_cells)
+    config["target_sd"] = data.logn[data.train_spots].std(0).cpu().numpy().tolist()
+    # a cell can hold at most the whole expression of a large spot: log1p(n95 * expm1(max))
+    top = data.logn[data.train_spots].max(0).values.cpu().numpy().astype(np.float64)
+    n95 = max(float(np.quantile(n_cells[train], 0.95)), 1.0)
+    config["ceiling"] = np.minimum(np.log1p(np.expm1(top) * n95), MAX_LOG_NORMALIZED).tolist()
+
+
+def _train_member(data: _Tensors, config: dict, seed: int, progress: bool, desc: str) -> MILModel:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = MILModel.build({**config, "n_members": 1})
+    model.config = config
+    x = data.inputs(data.cells_of(data.train_spots.cpu().numpy())[0])
     model.module.set_input_scaling(x.mean(0).cpu(), x.std(0).cpu())
     model.module.init_output(torch.as_tensor(_typical_output(data, config)))
     model.to(data.device)
-    _train(model, data, config, rng, progress)
+    _train(model, data, config, rng, progress, desc)
     return model
+
+
+def _ood(data: _Tensors) -> FeatureDistribution:
+    rows = data.cells_of(data.train_spots.cpu().numpy())[0]
+    return FeatureDistribution.fit(data.inputs(rows).cpu().numpy(), max_cells=OOD_CELLS)
+
+
+def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: bool) -> MILModel:
+    """Train one MLP and one closed-form ridge per member plan, choose each gene's blend on the
+    members' validation spots, and combine them into one :class:`MILModel`."""
+    pool_statistics(pool, config)
+    blend = config["blend"]
+    members, ridges, rows, splits = [], [], [], []
+    for k, plan in enumerate(plans):
+        data = pool.with_validation(plan["val"])
+        member_config = dict(config, seed=int(config["seed"]) + k)
+        desc = f"fit {k + 1}/{len(plans)} ({plan['name']})" if len(plans) > 1 else "fit"
+        if blend == "ridge":  # the closed form alone: no network to train
+            member = MILModel.build({**member_config, "n_members": 1})
+            member.module.init_output(torch.as_tensor(_typical_output(data, member_config)))
+            member_config.update(epochs_run=0, best_epoch=-1, best_loss=float("nan"))
+        else:
+            member = _train_member(data, member_config, member_config["seed"], progress, desc)
+        ridge = _fit_ridge(data) if config["loss"] == "mse" and blend != "mlp" else None
+        members.append(member)
+        ridges.append(ridge)
+        splits.append(data)
+        rows.append(
+            {
+                "validation": plan["name"],
+                "n_train_spots": int(len(data.train_spots)),
+                "n_val_spots": int(len(data.val_spots)),
+                "epochs_run": int(member_config["epochs_run"]),
+                "best_epoch": int(member_config.get("best_epoch", -1)),
+                "best_loss": float(member_config.get("best_loss", np.nan)),
+                "ridge_median_alpha": float(np.median(ridge.alpha)) if ridge else float("nan"),
+            }
+        )
+    first = rows[0]
+    config.update(
+        epochs_run=first["epochs_run"],
+        best_epoch=first["best_epoch"],
+        best_loss=first["best_loss"],
+        n_train_spots=first["n_train_spots"],
+        n_val_spots=first["n_val_spots"],
+        smoothing=members[0].config.get("smoothing", config["smoothing"]),
+    )
+    use_ridge = ridges[0] is not None
+    model = MILModel(
+        config,
+        members[0].module,
+        members[0].log_theta,
+        members=[m.module for m in members[1:]],
+        ridges=ridges if use_ridge else [],
+        ood=_ood(pool),
+    )
+    model.history = members[0].history
+    ensemble = {"members": rows, "weight_grid": list(BLEND_GRID)}
+    weights = np.ones(len(config["genes"]))
+    if blend == "ridge":
+        weights[:] = 0.0
+        ensemble["reason"] = "blend='ridge': the closed-form ridge alone"
+    elif use_ridge:
+        scores = _validation_pearson(model, members, ridges, splits)  # (grid, genes)
+        if scores is None:
+            ensemble["reason"] = "no validation spots: the MLP alone"
+        else:
+            best = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=0)
+            weights = np.asarray(BLEND_GRID)[best]
+            chosen = scores[best, np.arange(scores.shape[1])]
+            ensemble["validation_pearson"] = {
+                "mlp": _nanmean(scores[BLEND_GRID.index(1.0)]),
+                "ridge": _nanmean(scores[BLEND_GRID.index(0.0)]),
+                **{f"blend {w:g}": _nanmean(scores[j]) for j, w in enumerate(BLEND_GRID)
+                   if 0 < w < 1},
+                "chosen per gene": _nanmean(chosen),
+            }  # fmt: skip
+            ensemble["reason"] = (
+                "per gene, the MLP weight of the grid with the highest Pearson across the "
+                "members' validation spots (per slide, mean over members); 'chosen per gene' "
+                "is optimistic: it is scored on the spots it was chosen on"
+            )
+    else:
+        ensemble["reason"] = f"blend={blend!r}, loss={config['loss']!r}: the MLP alone"
+    config["blend_weight"] = weights.tolist()
+    ensemble["choice_counts"] = {
+        "mlp": int((weights == 1).sum()),
+        "ridge": int((weights == 0).sum()),
+        "blend": int(((weights > 0) & (weights < 1)).sum()),
+    }
+    config["ensemble"] = ensemble
+    o = model.ood
+    config["ood"] = {
+        "method": "Mahalanobis distance on standardised features (leading principal components "
+        "+ residual), normalised by sqrt(n_features)",
+        "threshold": float(o.threshold),
+        "quantile": QUANTILE,
+        "n_components": int(len(o.variances)),
+    }
+    log.info(
+        "fit: %d member(s); per-gene choice %s; validation Pearson %s",
+        len(plans),
+        ensemble["choice_counts"],
+        ensemble.get("validation_pearson", "-"),
+    )
+    return model.to(pool.device)
+
+
+def _fit_ridge(data: _Tensors) -> LinearCells:
+    """The closed-form ridge of a member: trained on its training spots, each gene's penalty
+    chosen on its validation spots (leave-one-out without them)."""
+    train = data.train_spots.cpu().numpy()
+    val = data.val_spots.cpu().numpy()
+    rows, bag = data.cells_of(train)
+    cells = data.inputs(rows).cpu().numpy()
+    Z = spot_means(cells, bag.cpu().numpy(), len(train), _numpy(data.weights(rows)))
+    Y = data.target[data.train_spots].cpu().numpy()
+    Z_val = Y_val = None
+    if len(val):
+        vrows, vbag = data.cells_of(val)
+        Z_val = spot_means(
+            data.inputs(vrows).cpu().numpy(),
+            vbag.cpu().numpy(),
+            len(val),
+            _numpy(data.weights(vrows)),
+        )
+        Y_val = data.target[data.val_spots].cpu().numpy()
+    return fit_linear_cells(
+        Z, Y, cell_mean=cells.mean(0), cell_std=cells.std(0), Z_val=Z_val, Y_val=Y_val
+    )
+
+
+@torch.no_grad()
+def _validation_pearson(model: MILModel, members, ridges, splits) -> np.ndarray | None:
+    """``(len(BLEND_GRID), genes)``: mean over members (and over the slides of each member's
+    validation spots) of per-gene Pearson of the blended member's spot predictions."""
+    per_member = []
+    for member, ridge, data in zip(members, ridges, splits, strict=True):
+        val = data.val_spots.cpu().numpy()
+        if len(val) < 3:
+            continue
+        rows, bag = data.cells_of(val)
+        x = data.inputs(rows)
+        weight = _numpy(data.weights(rows))
+        member.module.eval()
+        mlp = member.module(x).cpu().numpy().astype(np.float64)
+        lin = ridge.predict(x.cpu().numpy())
+        measured = data.logn[data.val_spots].cpu().numpy()
+        slide = data.slide[val]
+        bag = bag.cpu().numpy()
+        grid = []
+        for w in BLEND_GRID:
+            cells = model._units((w * mlp + (1 - w) * lin)[None])
+            spots = spot_predictions(cells, bag, len(val), model.config, weight)
+            by_slide = [
+                pearson_per_gene(spots[slide == s], measured[slide == s])
+                for s in np.unique(slide)
+                if (slide == s).sum() >= 3
+            ]
+            grid.append(_quiet_nanmean(by_slide) if by_slide else np.full(mlp.shape[1], np.nan))
+        per_member.append(grid)
+    if not per_member:
+        return None
+    return _quiet_nanmean(per_member)
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.cpu().numpy()
+
+
+def _quiet_nanmean(values) -> np.ndarray:
+    """Mean over the first axis ignoring NaN (a gene constant on a validation set), silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(values, np.float64), axis=0)
+
+
+def _nanmean(x) -> float:
+    x = np.asarray(x, np.float64)
+    return round(float(np.nanmean(x)), 4) if np.isfinite(x).any() else float("nan")
 
 
 class _Tensors:
@@ -193,7 +454,8 @@ class _Tensors:
         return np.bincount(self.bag_sorted, weights=w, minlength=len(self.offsets) - 1)
 
     @classmethod
-    def from_slides(cls, slides, val_slides, genes, split, val_fraction, rng, device) -> _Tensors:
+    def from_slides(cls, slides, val_slides, genes, device) -> _Tensors:
+        """Every spot of ``slides`` and ``val_slides``; validation: the latter's spots."""
         feats, bags, counts, totals, val, slide = [], [], [], [], [], []
         cells, weights = [], []
         offset = n_rows = 0
@@ -210,13 +472,7 @@ class _Tensors:
             n_rows += len(s.features)
             offset += s.spots.n_obs
             slide.append(np.full(s.spots.n_obs, i))
-            if i >= len(slides):
-                val.append(np.ones(s.spots.n_obs, bool))
-            elif val_slides:
-                val.append(np.zeros(s.spots.n_obs, bool))
-            else:
-                xy = s.spots.obs[["x_um", "y_um"]].to_numpy()
-                val.append(split_spots(xy, val_fraction, split, rng))
+            val.append(np.full(s.spots.n_obs, i >= len(slides)))
         return cls(
             np.concatenate(feats),
             np.concatenate(bags),
@@ -228,6 +484,18 @@ class _Tensors:
             cell=np.concatenate(cells) if weighted else None,
             weight=np.concatenate(weights) if weighted else None,
         )
+
+    def with_validation(self, val: np.ndarray) -> _Tensors:
+        """The same tensors (shared, with the pool's targets) and another validation split."""
+        out = copy.copy(self)
+        out.val = np.asarray(val, bool)
+        out.train_spots = torch.as_tensor(np.flatnonzero(~out.val), device=self.device)
+        out.val_spots = torch.as_tensor(np.flatnonzero(out.val), device=self.device)
+        if len(out.train_spots) == 0:
+            raise ValueError(
+                "No training spots left after the validation split; lower val_fraction."
+            )
+        return out
 
     def val_of_slide(self, i: int) -> np.ndarray:
         """Validation mask of the spots of slide ``i`` (in that slide's spot order)."""
@@ -304,7 +572,9 @@ def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: di
     return poisson_nll(data.counts[spots], mu)
 
 
-def _train(model: MILModel, data: _Tensors, config: dict, rng, progress: bool) -> None:
+def _train(
+    model: MILModel, data: _Tensors, config: dict, rng, progress: bool, desc: str = "fit"
+) -> None:
     params = list(model.module.parameters())
     if model.log_theta is not None:
         params.append(model.log_theta)
@@ -315,8 +585,10 @@ def _train(model: MILModel, data: _Tensors, config: dict, rng, progress: bool) -
         alpha = AUTO_SMOOTHING if 0 < len(data.val_spots) < SMALL_VALIDATION else 0.0
         config["smoothing"] = alpha
     best, best_state, since_best, smoothed = np.inf, None, 0, None
-    bar = tqdm(range(config["max_epochs"]), desc="fit", disable=not progress, unit="epoch")
-    for epoch in bar:
+    # updated by hand: a bar iterated by the loop would close itself at the early-stopping break
+    bar = tqdm(total=config["max_epochs"], desc=desc, disable=not progress, unit="epoch")
+    for epoch in range(config["max_epochs"]):
+        bar.update(1)
         model.module.train()
         order = data.train_spots[
             torch.as_tensor(rng.permutation(len(data.train_spots)), device=data.device)
@@ -350,6 +622,11 @@ def _train(model: MILModel, data: _Tensors, config: dict, rng, progress: bool) -
             since_best += 1
             if since_best >= config["patience"]:
                 break
+    epochs = len(model.history["train_loss"])
+    stop = "stopped" if epochs < config["max_epochs"] else "ran all epochs"
+    bar.total = epochs  # the bar ends where training did, not at max_epochs
+    bar.set_postfix_str(f"{stop} at epoch {epochs}, best {config.get('best_epoch', -1) + 1}")
+    bar.refresh()
     bar.close()
     if best_state is not None:
         model.module.load_state_dict(best_state[0])

@@ -16,7 +16,7 @@ from .._sdata import apply_matrix, cells_image_key
 from .._tables import cells_table
 from ..constants import CELLS_KEY, SPATIAL_OBSM
 from ..embedding.crops import exterior_coords
-from ._color import NA_COLOR, cell_values, paint
+from ._color import NA_COLOR, as_mask, cell_values, mask_values, paint
 from ._figure import finish, single_axes
 from ._slide import Slide, add_scalebar, box_figsize, discs, in_box, set_view, view_box
 
@@ -39,6 +39,8 @@ def cells(
     palette: str | Sequence | Mapping | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
+    percentiles: tuple[float, float] | None = (1.0, 99.0),
+    mask: str | np.ndarray | None = None,
     alpha: float = 0.8,
     edgecolor: str | None = None,
     na_color: str = NA_COLOR,
@@ -90,7 +92,16 @@ def cells(
     layer
         Take gene values from ``layers[layer]`` of ``table_key`` instead of ``X``.
     cmap, vmin, vmax
-        Colour map and limits of numeric values.
+        Colour map and limits of numeric values (each default: see ``percentiles``).
+    percentiles
+        Robust colour limits of numeric values: limits not given as ``vmin``/``vmax`` are these
+        percentiles of the values of the cells shown (default the 1st and 99th, so that a few
+        extreme cells do not flatten the scale; ``None``: the minimum and maximum).
+    mask
+        Cells to grey out (drawn in ``na_color``, left out of the colour limits): a boolean
+        ``obs`` column looked up like ``color`` (e.g. ``"out_of_distribution"`` of
+        :func:`~scellst.tl.predict`'s table, or ``"on_tissue"`` negated as a column of your
+        own), or a boolean array with one value per cell of the cells table.
     palette
         Categorical colours: a matplotlib colour map name (``"tab10"``), a list of colours or a
         ``{category: colour}`` dict. Default: the colours scanpy stored in the table's
@@ -118,6 +129,7 @@ def cells(
     >>> sst.pl.cells(sdata, color="X_sst:0")  # first embedding feature, whole slide
     >>> sc.tl.leiden(sdata["sst_expression"])
     >>> sst.pl.cells(sdata, color="leiden", image=False)
+    >>> sst.pl.cells(sdata, color="ERBB2", mask="out_of_distribution")  # grey out unlike cells
 
     The same map with spatialdata-plot (``import spatialdata_plot``), which joins a table to the
     polygons through their ``cell_id``; there the axes are in the ``"microns"`` coordinate
@@ -141,6 +153,8 @@ def cells(
     values = None
     if color is not None:
         values = cell_values(sdata, color, cells_key=cells_key, table_key=table_key, layer=layer)
+        if mask is not None:
+            values = mask_values(values, _mask(sdata, mask, cells_key, table_key, len(geoms)))
     box = view_box(region, slide.box)
     xy_um = apply_matrix(to_um, np.asarray(cells_tab.obsm[SPATIAL_OBSM]))
     inside = np.flatnonzero(in_box(xy_um, box))
@@ -172,6 +186,7 @@ def cells(
             palette=palette,
             vmin=vmin,
             vmax=vmax,
+            percentiles=percentiles,
             na_color=na_color,
         )
     ax.add_collection(coll)
@@ -180,3 +195,15 @@ def cells(
     if scalebar:
         add_scalebar(ax, box[2] - box[0])
     return finish(ax, own=own, show=show, save=save)
+
+
+def _mask(sdata, mask, cells_key: str, table_key: str | None, n: int) -> np.ndarray:
+    if isinstance(mask, str):
+        return as_mask(cell_values(sdata, mask, cells_key=cells_key, table_key=table_key))
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (n,):
+        raise ValueError(
+            f"`mask` must be an obs column name or a boolean array of {n} values (one per cell of "
+            f"{cells_key!r}), got {mask.dtype} of shape {mask.shape}."
+        )
+    return mask

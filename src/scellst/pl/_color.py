@@ -218,11 +218,13 @@ def paint(
     palette=None,
     vmin: float | None = None,
     vmax: float | None = None,
+    percentiles: tuple[float, float] | None = None,
     na_color: str = NA_COLOR,
     colorbar: bool = True,
 ) -> None:
     """Colour the items of ``coll`` (the cells ``select``) by ``cv``, with a colour bar
-    (numeric values) or a legend of every category (categorical ones)."""
+    (numeric values) or a legend of every category (categorical ones). Numeric limits not given
+    are the ``percentiles`` of the finite values shown (``None``: their minimum and maximum)."""
     if cv.categorical:
         colors = category_colors(cv.categories, palette, cv.stored_colors)
         codes = cv.values[select]
@@ -233,8 +235,43 @@ def paint(
             title=cv.label, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False,
         )  # fmt: skip
         return
-    coll.set_array(np.ma.masked_invalid(cv.values[select]))
+    shown = cv.values[select]
+    coll.set_array(np.ma.masked_invalid(shown))
     coll.set_cmap(mpl.colormaps[cmap].with_extremes(bad=na_color))
+    vmin, vmax = color_limits(shown, vmin, vmax, percentiles)
     coll.set_clim(vmin, vmax)
     if colorbar:
         ax.figure.colorbar(coll, ax=ax, shrink=0.7, label=cv.label)
+
+
+def color_limits(
+    values: np.ndarray,
+    vmin: float | None,
+    vmax: float | None,
+    percentiles: tuple[float, float] | None,
+) -> tuple[float | None, float | None]:
+    """``vmin``/``vmax`` where given, else robust limits: the ``percentiles`` (e.g. ``(1, 99)``)
+    of the finite ``values``, so that a few extreme cells do not wash out the colour scale."""
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    if percentiles is None or not len(finite):
+        return vmin, vmax
+    lo, hi = np.percentile(finite, percentiles)
+    if hi <= lo:  # constant (or nearly) values: let matplotlib choose
+        return vmin, vmax
+    return (float(lo) if vmin is None else vmin), (float(hi) if vmax is None else vmax)
+
+
+def mask_values(cv: CellValues, hide: np.ndarray) -> CellValues:
+    """A copy of ``cv`` without the values of the cells ``hide`` (drawn in ``na_color``)."""
+    values = cv.values.copy()
+    values[hide] = -1 if cv.categorical else np.nan
+    return CellValues(values, cv.label, cv.table, cv.categories, cv.stored_colors)
+
+
+def as_mask(cv: CellValues) -> np.ndarray:
+    """Boolean per cell from a boolean/numeric column (missing: False)."""
+    if cv.categorical:
+        truthy = np.array([str(c).lower() in ("true", "1") for c in cv.categories])
+        return (cv.values >= 0) & truthy[np.maximum(cv.values, 0)]
+    return np.nan_to_num(cv.values, nan=0.0) > 0.5

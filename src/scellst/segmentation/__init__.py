@@ -16,6 +16,7 @@ Modules:
   dask.distributed) and per-tile resume;
 - ``polygons``, ``cells``, ``rasterize``: label image -> polygons and measurements -> SpatialData
   elements, and back to a label image;
+- ``tissue``: the whole-slide tissue mask (low resolution) that flags cells off the tissue;
 - ``stains``: H&E colour deconvolution (also used by the embedding stage);
 - ``metrics``: F1, AJI, PQ of label images against ground truth.
 

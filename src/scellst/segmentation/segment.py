@@ -26,7 +26,7 @@ from .._sdata import (
 from .._sdata import (
     image_key as resolve_image_key,
 )
-from ..constants import CELLS_KEY, cells_table_key
+from ..constants import CELLS_KEY, ON_TISSUE_COLUMN, cells_table_key
 from ..io._scale import microns_per_pixel
 from .cellpose import CellposeSegmenter
 from .cells import write_cells
@@ -35,6 +35,7 @@ from .polygons import owned_nuclei
 from .rasterize import rasterize_cells
 from .stains import total_od
 from .tiles import Tile, map_tiles, release_free_memory, tile_grid
+from .tissue import slide_tissue_mask
 from .watershed import ALIGN, WatershedParams, WatershedSegmenter
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def segment(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     labels_key: str | None = None,
+    drop_off_tissue: bool = False,
     overwrite: bool = False,
 ) -> None:
     """Segment the nuclei of an H&E image into polygons.
@@ -101,6 +103,9 @@ def segment(
         Directory where each finished tile is saved. Re-running with the same directory (after an
         interruption) loads the finished tiles instead of segmenting them again; a directory
         written with other settings is refused. Delete it once the result is saved.
+    drop_off_tissue
+        Leave out the nuclei whose centroid is off the whole-slide tissue mask (default: keep
+        them, flagged ``on_tissue = False``).
     labels_key
         Also add the nuclei as a labels element (label = ``cell_id + 1``) under this key. It is as
         large as the image (int32), so it is off by default.
@@ -154,6 +159,17 @@ def segment(
     area_px = obs_extra.pop("area_px", None)
     if area_px is None:
         area_px = shapely.area(geometry)
+    tissue = slide_tissue_mask(sdata, key, mpp)
+    on_tissue = tissue.contains(centroids)
+    info["tissue"] = {**tissue.info(), "n_off_tissue": int((~on_tissue).sum()),
+                      "dropped": bool(drop_off_tissue)}  # fmt: skip
+    if drop_off_tissue:
+        keep = on_tissue
+        geometry, centroids = np.asarray(geometry)[keep], np.asarray(centroids)[keep]
+        on_tissue = on_tissue[keep]
+        area_px = np.asarray(area_px)[keep]
+        obs_extra = {k: np.asarray(v)[keep] for k, v in obs_extra.items()}
+    obs_extra[ON_TISSUE_COLUMN] = on_tissue
     info.update(image_key=key, microns_per_pixel=mpp, n_cells=len(geometry))
     write_cells(
         sdata,
@@ -321,7 +337,7 @@ def _check_brightfield(preview: np.ndarray, key: str) -> None:
 
 
 #: obs columns the cells table defines itself (imported columns with these names get a prefix)
-_OWN_COLUMNS = ("cell_id", "region", "area_um2", "mean_hematoxylin", "area_px")
+_OWN_COLUMNS = ("cell_id", "region", "area_um2", "mean_hematoxylin", "area_px", "on_tissue")
 
 
 def _adopt_shapes(sdata: SpatialData, shapes_key: str, image: str):
