@@ -187,7 +187,7 @@ def slide_bags(
     _, instance_key = table_link(spots)
     instance = spots.obs[instance_key].to_numpy()
     has_cells = np.isin(instance, spot_of_cell[spot_of_cell != NO_SPOT])
-    keep = _kept_spots(spots, has_cells, min_counts, skey)
+    keep = _kept_spots(spots, has_cells, min_counts, skey, slide_label(sdata, skey))
     spots = spots[keep].copy()
     instance = instance[keep]
     spots.obs["_instance"] = instance
@@ -225,8 +225,9 @@ def slide_bags(
     )
 
 
-def _kept_spots(spots: ad.AnnData, has_cells: np.ndarray, min_counts: int, skey: str):
-    """Spots with a cell and at least ``min_counts`` counts (a warning for those without cells)."""
+def _kept_spots(spots: ad.AnnData, has_cells: np.ndarray, min_counts: int, skey: str, label: str):
+    """Spots with a cell and at least ``min_counts`` counts (a warning for those without cells);
+    ``label`` names the slide in the messages (:func:`slide_label`)."""
     total = np.asarray(spots.X.sum(1)).ravel()
     keep = has_cells & (total >= min_counts)
     if (~has_cells).any():
@@ -235,12 +236,12 @@ def _kept_spots(spots: ad.AnnData, has_cells: np.ndarray, min_counts: int, skey:
             int((~has_cells).sum()),
             len(has_cells),
             skey,
-            slide_label(sdata, skey),
+            label,
         )
     if not keep.any():
         raise ValueError(
-            f"No spot of {skey!r} (slide {slide_label(sdata, skey)}) has both a segmented cell and >= {min_counts} counts: check that "
-            "the spots lie on the tissue and that segmentation found nuclei."
+            f"No spot of {skey!r} (slide {label}) has both a segmented cell and >= {min_counts} "
+            "counts: check that the spots lie on the tissue and that segmentation found nuclei."
         )
     return keep
 
@@ -279,7 +280,7 @@ def _weighted_bags(
     )  # cells x bins
     by_bin = sparse_by_bin(weights)
     has_cells = np.diff(by_bin.indptr) > 0
-    keep = _kept_spots(spots, has_cells, min_counts, skey)
+    keep = _kept_spots(spots, has_cells, min_counts, skey, slide_label(sdata, skey))
     by_bin = by_bin[keep]
     cell_idx = np.unique(by_bin.indices)
     spots = spots[keep].copy()
