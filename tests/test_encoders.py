@@ -53,7 +53,7 @@ def test_torch_encoder_wraps_a_module(segmented):
         torch.nn.Flatten(),
     )  # fmt: skip
     sdata = _few_cells(segmented)
-    sst.tl.embed(sdata, encoder=net, key_added="mod", progress=False)
+    sst.tl.embed(sdata, encoder=net, key_added="mod", progress=False, context_um=0)
     table = sdata["mod"]
     info = table.uns["scellst"]["embedding"]
     assert table.obsm["X_sst"].shape == (40, 8) and table.obsm["X_sst"].dtype == np.float32
@@ -80,7 +80,9 @@ def test_pretrained_by_name_from_local_weights(segmented, tmp_path, monkeypatch)
     path = tmp_path / "r18.pth"
     torch.save(net.state_dict(), path)
     sdata = _few_cells(segmented, 20)
-    sst.tl.embed(sdata, encoder="resnet18", weights=path, key_added="r18", progress=False)
+    sst.tl.embed(
+        sdata, encoder="resnet18", weights=path, key_added="r18", progress=False, context_um=0
+    )
     X = sdata["r18"].obsm["X_sst"]
     info = sdata["r18"].uns["scellst"]["embedding"]
     assert X.shape == (20, 512) and np.isfinite(X).all()
@@ -145,7 +147,7 @@ def test_train_encoder_save_load_and_seed(segmented, trained, tmp_path):
     assert enc.config["n_cells"] == 256 and enc.config["method"] == "moco"
     assert len(enc.mean) == 3 and all(0 < s < 1 for s in enc.std)
     sdata = _few_cells(segmented, 60)
-    sst.tl.embed(sdata, encoder=enc, key_added="ssl", progress=False)
+    sst.tl.embed(sdata, encoder=enc, key_added="ssl", progress=False, context_um=0)
     X = sdata["ssl"].obsm["X_sst"]
     assert X.shape == (60, 256) and np.isfinite(X).all()
     assert sdata["ssl"].uns["scellst"]["embedding"]["provenance"]["training"]["n_cells"] == 256
@@ -155,14 +157,16 @@ def test_train_encoder_save_load_and_seed(segmented, trained, tmp_path):
         enc.save(tmp_path / "enc")
     loaded = sst.tl.SSLEncoder.load(tmp_path / "enc", device="cpu")
     assert loaded.name == enc.name and loaded.history == enc.history
-    sst.tl.embed(sdata, encoder=str(tmp_path / "enc"), key_added="ssl2", progress=False)
+    sst.tl.embed(
+        sdata, encoder=str(tmp_path / "enc"), key_added="ssl2", progress=False, context_um=0
+    )
     np.testing.assert_array_equal(X, sdata["ssl2"].obsm["X_sst"])
     # same seed: same weights, same embedding
     again = sst.tl.train_encoder(
         segmented, epochs=1, max_cells=256, batch_size=128, seed=0, progress=False
     )
     assert again.name == enc.name
-    sst.tl.embed(sdata, encoder=again, key_added="ssl3", progress=False)
+    sst.tl.embed(sdata, encoder=again, key_added="ssl3", progress=False, context_um=0)
     np.testing.assert_array_equal(X, sdata["ssl3"].obsm["X_sst"])
     # the provenance record survives writing to zarr
     sst.io.write_zarr(sdata, tmp_path / "out.zarr")
@@ -194,8 +198,10 @@ def test_image_only_encoders_skip_the_masks(segmented, monkeypatch):
         segmented, arch="resnet_tiny", epochs=1, max_cells=32, batch_size=16, progress=False
     )
     sdata = _few_cells(segmented, 10)
-    sst.tl.embed(sdata, encoder=enc, key_added="t", progress=False)
-    sst.tl.embed(sdata, encoder=lambda c: c.mean((1, 2)), key_added="c", progress=False)
+    sst.tl.embed(sdata, encoder=enc, key_added="t", progress=False, context_um=0)
+    sst.tl.embed(
+        sdata, encoder=lambda c: c.mean((1, 2)), key_added="c", progress=False, context_um=0
+    )
     assert sdata["t"].obsm["X_sst"].shape == (10, 128)
     assert sdata["c"].obsm["X_sst"].shape == (10, 3)
 
@@ -213,7 +219,7 @@ def test_slide_normalization_uses_each_slides_colour_statistics(segmented, tmp_p
     net.append(torch.nn.Flatten())
     enc = sst.tl.TorchEncoder(net, normalization="slide")
     sdata = _few_cells(segmented, 30)
-    sst.tl.embed(sdata, encoder=enc, key_added="s", progress=False)
+    sst.tl.embed(sdata, encoder=enc, key_added="s", progress=False, context_um=0)
     stats = sdata["s"].uns["scellst"]["embedding"]["channel_stats"]
     prov = sdata["s"].uns["scellst"]["embedding"]["provenance"]
     assert "per_slide" in prov["normalization"]
