@@ -15,7 +15,7 @@ spot's mean embedding + log(1 + number of cells), i.e. the mean-pooled linear sp
 section (its segmentation cached), with the load average.
 
 Usage: python benchmarks/context_her2st.py [--shared ../shared] [--cache /tmp/sst_feat/cache]
-       [--radii 0 30 60 100 200] [--stats mean mean,sd] [--multi 30,200] [--genes 50]
+       [--settings 0 30:mean 30:mean,sd ... 200:mean,sd 30+200:mean,sd] [--genes 50]
        [--time-embed C2] [--json out.json]
 """
 
@@ -82,15 +82,16 @@ def spot_mean_ridge(bags: dict, train: list[str], test: str, genes: list[str]):
     return scores.attrs["mean_pearson"]
 
 
-def run_setting(slides, raw, radii, stats, n_genes, rows) -> None:
-    label = "none" if not radii else f"{'+'.join(f'{r:g}' for r in radii)} µm {','.join(stats)}"
+def run_setting(slides, raw, radii, stats, n_genes, rows, label=None, held_out=SECTIONS):
+    if label is None:
+        label = "none" if not radii else f"{'+'.join(f'{r:g}' for r in radii)} µm {','.join(stats)}"
     t = time.perf_counter()
     for n in SECTIONS:
         set_context(slides[n], *raw[n], radii, stats)
     bags = {n: slide_bags(slides[n], **BAG_KW) for n in SECTIONS}
     t_ctx = time.perf_counter() - t
-    cv = sst.tl.leave_one_slide_out(slides, genes=f"hvg:{n_genes}", held_out=SECTIONS)
-    for test in SECTIONS:
+    cv = sst.tl.leave_one_slide_out(slides, genes=f"hvg:{n_genes}", held_out=held_out)
+    for test in held_out:
         train = [n for n in SECTIONS if n != test]
         model = cv.models[test]
         rows.append(
@@ -143,9 +144,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     p.add_argument("--cache", type=Path, default=Path("/tmp/sst_feat/cache"))
-    p.add_argument("--radii", type=float, nargs="+", default=[0, 30, 60, 100, 200])
-    p.add_argument("--stats", nargs="+", default=["mean", "mean,sd"])
-    p.add_argument("--multi", nargs="*", default=[], help="several radii at once, e.g. 30,200")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=["0", *(f"{r}:{s}" for r in (30, 60, 100, 200) for s in ("mean", "mean,sd"))],
+        help="RADII:STATS in the order run, e.g. 0 (no context) 200:mean,sd 30+200:mean",
+    )
     p.add_argument("--genes", type=int, default=50)
     p.add_argument("--time-embed", default=None, metavar="SECTION")
     p.add_argument("--json", default=None)
@@ -162,11 +166,10 @@ def main() -> None:
         slides[n], _ = prepare(root, n, "morphology", None, args.cache, context_um=0)
         raw[n] = own_features(slides[n])
     settings = []
-    for r in args.radii:
-        for st in [["mean"]] if r == 0 else [s.split(",") for s in args.stats]:
-            settings.append(([r] if r else [], st if r else []))
-    for m in args.multi:
-        settings += [([float(r) for r in m.split(",")], s.split(",")) for s in args.stats]
+    for text in args.settings:
+        radii, _, stats = text.partition(":")
+        radii = [float(r) for r in radii.split("+") if float(r)]
+        settings.append((radii, stats.split(",") if radii else []))
     rows: list[dict] = []
     for radii, stats in settings:
         run_setting(slides, raw, radii, stats, args.genes, rows)

