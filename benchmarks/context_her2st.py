@@ -140,10 +140,35 @@ def time_embed(root: Path, name: str, cache: Path) -> None:
     )
 
 
-def main() -> None:
+def her2st_parser() -> argparse.ArgumentParser:
+    """The arguments every her2st benchmark of this family takes: ``--shared``, ``--cache``."""
     p = argparse.ArgumentParser()
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     p.add_argument("--cache", type=Path, default=Path("/tmp/sst_feat/cache"))
+    return p
+
+
+def her2st_sections(args) -> dict:
+    """C2-C5 segmented and embedded without context (cached), after printing the load."""
+    root = args.shared / "data" / "her2st"
+    if not root.is_dir():
+        sys.exit(f"her2st data not found at {root}; pass --shared")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()}", flush=True)
+    if getattr(args, "time_embed", None):
+        time_embed(root, args.time_embed, args.cache)
+    return {n: prepare(root, n, "morphology", None, args.cache, context_um=0)[0] for n in SECTIONS}
+
+
+def parse_setting(text: str) -> tuple[list[float], list[str]]:
+    """``"30+200:mean,sd"`` -> radii in µm and statistics (``"0"``: no context)."""
+    radii, _, stats = text.partition(":")
+    radii = [float(r) for r in radii.split("+") if float(r)]
+    return radii, stats.split(",") if radii else []
+
+
+def main() -> None:
+    p = her2st_parser()
     p.add_argument(
         "--settings",
         nargs="+",
@@ -154,24 +179,10 @@ def main() -> None:
     p.add_argument("--time-embed", default=None, metavar="SECTION")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    root = args.shared / "data" / "her2st"
-    if not root.is_dir():
-        sys.exit(f"her2st data not found at {root}; pass --shared")
-    args.cache.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} cores; load average {os.getloadavg()}", flush=True)
-    if args.time_embed:
-        time_embed(root, args.time_embed, args.cache)
-    slides, raw = {}, {}
-    for n in SECTIONS:
-        slides[n], _ = prepare(root, n, "morphology", None, args.cache, context_um=0)
-        raw[n] = own_features(slides[n])
-    settings = []
-    for text in args.settings:
-        radii, _, stats = text.partition(":")
-        radii = [float(r) for r in radii.split("+") if float(r)]
-        settings.append((radii, stats.split(",") if radii else []))
+    slides = her2st_sections(args)
+    raw = {n: own_features(slides[n]) for n in SECTIONS}
     rows: list[dict] = []
-    for radii, stats in settings:
+    for radii, stats in map(parse_setting, args.settings):
         run_setting(slides, raw, radii, stats, args.genes, rows)
         if args.json:
             pd.DataFrame(rows).to_json(args.json, orient="records", indent=1)

@@ -16,7 +16,6 @@ Usage: python benchmarks/lite0_her2st.py [--shared ../shared] [--cache /tmp/sst_
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from context_her2st import SECTIONS, own_features, run_setting
-from mil_her2st import BAG_KW, prepare
+from context_her2st import SECTIONS, her2st_parser, her2st_sections, own_features, run_setting
+from mil_her2st import BAG_KW
 
 import scellst as sst
 from scellst._sdata import image_level0
@@ -55,9 +54,7 @@ def embed_spot_cells(sdata, encoder) -> tuple[np.ndarray, int, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
-    p.add_argument("--cache", type=Path, default=Path("/tmp/sst_feat/cache"))
+    p = her2st_parser()
     p.add_argument("--views", nargs="+", default=["12:48", "40:64"])
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument("--held-out", nargs="+", default=SECTIONS, help="folds to run")
@@ -66,13 +63,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    root = args.shared / "data" / "her2st"
-    if not root.is_dir():
-        sys.exit(f"her2st data not found at {root}; pass --shared")
-    print(f"{os.cpu_count()} cores; load average {os.getloadavg()}", flush=True)
-    slides = {
-        n: prepare(root, n, "morphology", None, args.cache, context_um=0)[0] for n in SECTIONS
-    }
+    slides = her2st_sections(args)
     rows: list[dict] = []
     for view in args.views:
         um, px = (float(v) for v in view.split(":"))
