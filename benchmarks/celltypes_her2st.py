@@ -21,7 +21,7 @@ Markers (standard markers of stereoscope's major types, fixed before any run, no
 see ``MARKERS``.
 
 Usage: python benchmarks/celltypes_her2st.py [--shared ../shared] [--held-out C5 C2]
-       [--context 30+200:mean,sd] [--json out.json]
+       [--context 200:mean,sd] [--json out.json]
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def fold(slides, test, model, rows, groups) -> None:
 def main() -> None:
     p = her2st_parser()
     p.add_argument("--held-out", nargs="+", default=SECTIONS)
-    p.add_argument("--context", default="30+200:mean,sd", help="RADII:STATS as in context_her2st")
+    p.add_argument("--context", default="200:mean,sd", help="RADII:STATS as in context_her2st")
     p.add_argument(
         "--max-epochs", type=int, default=None, help="smoke tests only (not fit's default)"
     )

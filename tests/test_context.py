@@ -92,8 +92,8 @@ def test_model_records_the_context_and_a_mismatch_is_refused(fitted):
     sdata, model = fitted
     info = sdata["sst_embedding"].uns["scellst"]["embedding"]
     reference = model.config["encoder_info"]
-    assert reference["context"] == {"radii_um": [30.0, 200.0], "stats": ["mean", "sd"]}
+    assert reference["context"] == {"radii_um": [200.0], "stats": ["mean", "sd"]}  # default
     check_embedding_context(info, reference, "sst_embedding")
     other = dict(info, context={"radii_um": [30.0], "stats": ["mean", "sd"]})
-    with pytest.raises(ValueError, match=r"\[30.0, 200.0\] µm \(mean, sd\).*context_um=\[30.0, 200.0\]"):
+    with pytest.raises(ValueError, match=r"\[200.0\] µm \(mean, sd\).*context_um=\[200.0\]"):
         check_embedding_context(other, reference, "sst_embedding")

@@ -297,7 +297,7 @@ def test_bundled_lite0_loads_offline_with_weights_only(segmented, monkeypatch):
     assert loads == [True]  # the weights file, read with weights_only=True (no download)
     X = sdata["lite"].obsm["X_sst"]
     info = sdata["lite"].uns["scellst"]["embedding"]
-    assert X.shape == (12, 5 * 1280) and np.isfinite(X).all() and X[:, :1280].std() > 0
+    assert X.shape == (12, 3 * 1280) and np.isfinite(X).all() and X[:, :1280].std() > 0
     prov = info["provenance"]
     assert prov["weights_file_sha256"] == bundled.BUNDLED["efficientnet_lite0"].sha256
     assert "Apache-2.0" in prov["licence"] and prov["input_size_um"] == 12.0

@@ -33,7 +33,7 @@ from .encoder import resolve_encoder
 log = logging.getLogger(__name__)
 
 #: Default neighbourhood radii of :func:`embed` in µm (chosen on her2st, see BENCHMARKS.md).
-CONTEXT_UM = (30.0, 200.0)
+CONTEXT_UM = 200.0
 
 
 @doc_params(overwrite_table=OVERWRITE_TABLE)
@@ -91,8 +91,9 @@ def embed(
         so features are comparable across slides.
     context_um
         Neighbourhood radius in µm, or several (``[30, 200]``); ``0`` or ``None``: no context.
-        Default ``(30, 200)`` with mean and SD: on her2st (leave-one-section-out, 50 HVGs) it
-        raised the held-out Pearson of ``fit`` from 0.207 to 0.268 (200 µm alone: 0.261;
+        Default 200 µm with mean and SD: on her2st (leave-one-section-out, 50 HVGs) it raised
+        the held-out Pearson of ``fit`` from 0.207 to 0.261 (``(30, 200)``: 0.268, but it cut
+        the per-cell accuracy on synthetic slides from 0.91 to 0.80, 200 µm alone 0.90;
         BENCHMARKS.md; chosen on those same folds).
         For each radius, each cell's features gain the ``context_stats`` of its neighbours'
         features (the other cells whose centroid lies within that distance, on the whole
