@@ -81,20 +81,24 @@ from scellst.mil.spots import measured_spots, slide_bags
 BAG_KW = dict(cells_key="sst_cells", embedding_key="sst_embedding", spots_key=None, min_counts=20)
 
 
-def prepare(root: Path, name: str, encoder: str, weights: str | None, cache: Path | None):
+def prepare(
+    root: Path, name: str, encoder: str, weights: str | None, cache: Path | None, **embed_kw
+):
     """read_hest -> segment -> assign_cells -> embed, or the cached result of a previous run.
 
     ``encoder="ssl"``: embedded with the morphology features for now; each fold re-embeds.
+    ``embed_kw``: more arguments of ``sst.tl.embed`` (part of the cache file's name).
     """
     encoder = "morphology" if encoder == "ssl" else encoder
-    path = cache / f"{name}_{encoder.replace('/', '_')}.zarr" if cache else None
+    tag = "".join(f"_{k}{v}" for k, v in sorted(embed_kw.items()))
+    path = cache / f"{name}_{encoder.replace('/', '_')}{tag}.zarr" if cache else None
     if path is not None and path.exists():
         return sd.read_zarr(path), 0.0
     t = time.perf_counter()
     sdata = sst.io.read_hest(root, name)
     sst.pp.segment(sdata, progress=False)
     sst.pp.assign_cells(sdata)
-    sst.tl.embed(sdata, encoder=encoder, weights=weights, progress=False)
+    sst.tl.embed(sdata, encoder=encoder, weights=weights, progress=False, **embed_kw)
     seconds = time.perf_counter() - t
     if path is not None:
         sst.io.write_zarr(sdata, path)

@@ -71,7 +71,8 @@ def test_custom_encoders(segmented):
         key_added="rgb",
         progress=False,
     )
-    assert segmented["rgb"].obsm["X_sst"].shape[1] == 3
+    # 3 colour means, then the mean and SD of the neighbours' within 200 µm (default context)
+    assert segmented["rgb"].obsm["X_sst"].shape[1] == 3 * 3
     with pytest.raises(ValueError, match="Unknown encoder"):
         sst.tl.embed(segmented, encoder="resnet9000", key_added="x", progress=False)
     with pytest.raises(KeyError, match="overwrite=True"):

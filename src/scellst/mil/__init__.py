@@ -26,7 +26,9 @@ Modules:
 - ``ood``: distance of cell embeddings to the training cells' (out-of-distribution flag);
 - ``model``: :class:`~scellst.tl.MILModel` (predict, save, load);
 - ``fit``, ``predict``: the public entry points;
-- ``evaluate``, ``crossval``: per-gene scores at spot or cell level, leave-one-slide-out.
+- ``evaluate``, ``crossval``: per-gene scores at spot or cell level, leave-one-slide-out;
+- ``celltypes``: :func:`~scellst.tl.score_cell_types`, marker-signature scores and a type
+  for every predicted cell.
 
 Importing this package imports none of its modules (and never torch).
 """

@@ -21,6 +21,7 @@ from ..constants import (
     UNS_KEY,
 )
 from .model import MILModel
+from .spots import check_embedding_context
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def predict(
             f"The model was trained on {model.config['encoder']!r} embeddings but {embedding_key!r} "
             f"holds {encoder!r} ones; embed this slide with the training encoder."
         )
+    check_embedding_context(info, model.config.get("encoder_info") or {}, embedding_key)
     cells_key = info.get("cells_key")
     if cells_key is None:
         raise ValueError(

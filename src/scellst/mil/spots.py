@@ -341,8 +341,35 @@ def encoder_reference(info: dict) -> dict:
 
     Slide-specific entries (colour statistics, keys of the slide's elements) are left out.
     """
-    keep = ("encoder", "crop_size_um", "crop_mpp", "provenance")
+    keep = ("encoder", "crop_size_um", "crop_mpp", "provenance", "context")
     return {k: _plain(info[k]) for k in keep if k in info}
+
+
+def embedding_context(info: dict) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """The neighbourhood context (radii in µm, statistics) of an embedding's ``uns`` entry or
+    of a model's ``encoder_info``; ``((), ())`` when none is recorded (older embeddings)."""
+    ctx = info.get("context") or {}
+    radii = tuple(float(r) for r in np.atleast_1d(ctx.get("radii_um", [])))
+    stats = tuple(str(s) for s in np.atleast_1d(ctx.get("stats", []))) if radii else ()
+    return radii, stats
+
+
+def check_embedding_context(info: dict, reference: dict, embedding_key: str) -> None:
+    """Raise if the embedding (``info``: its ``uns["scellst"]["embedding"]``) was made with
+    another neighbourhood context than ``reference`` (a model's ``config["encoder_info"]``)."""
+    got, want = embedding_context(info), embedding_context(reference)
+    if got != want:
+
+        def say(ctx):
+            return f"{list(ctx[0])} µm ({', '.join(ctx[1])})" if ctx[0] else "none"
+
+        raise ValueError(
+            f"The model was trained on embeddings with neighbourhood context {say(want)} but "
+            f"{embedding_key!r} has context {say(got)}; re-embed this slide with "
+            f"sst.tl.embed(sdata, context_um={list(want[0]) or 0}"
+            + (f", context_stats={list(want[1])}" if want[0] else "")
+            + ", overwrite=True)."
+        )
 
 
 def _plain(value):

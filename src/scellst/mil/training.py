@@ -19,7 +19,7 @@ from .options import target_scaling
 from .pooling import aggregate
 from .ridge import LinearCells, fit_linear_cells, spot_means
 from .split import split_spots
-from .spots import TARGET_SUM, SlideBags, log_normalized
+from .spots import TARGET_SUM, SlideBags, embedding_context, log_normalized
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,12 @@ OOD_CELLS = 20_000
 def _check_same_encoder(slides: list[SlideBags]) -> None:
     dims = {s.features.shape[1] for s in slides}
     encoders = {s.encoder for s in slides}
-    if len(dims) > 1 or len(encoders) > 1:
+    contexts = {embedding_context(s.encoder_info or {}) for s in slides}
+    if len(dims) > 1 or len(encoders) > 1 or len(contexts) > 1:
         raise ValueError(
             f"Slides were embedded differently (encoders {sorted(encoders)}, dims "
-            f"{sorted(dims)}); embed all of them with the same encoder."
+            f"{sorted(dims)}, neighbourhood contexts {sorted(contexts)}); embed all of them "
+            "with the same encoder and context_um."
         )
 
 

@@ -22,8 +22,10 @@ _LAZY = {
     "TorchEncoder": "..embedding.torch_encoder",
     "SSLEncoder": "..embedding.torch_encoder",
     "pretrained_encoder": "..embedding.torch_encoder",
+    "bundled_encoder": "..embedding.bundled",
     "train_encoder": "..embedding.ssl_training",
     "evaluate": "..mil.evaluate",
+    "score_cell_types": "..mil.celltypes",
     "leave_one_slide_out": "..mil.crossval",
     "CrossValidation": "..mil.crossval",
 }
@@ -42,6 +44,8 @@ __all__ = [
     "leave_one_slide_out",
     "predict",
     "pretrained_encoder",
+    "score_cell_types",
+    "bundled_encoder",
     "segmentation_metrics",
     "train_encoder",
 ]
