@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import spatialdata as sd
 
 import scellst as sst
 
@@ -23,6 +24,14 @@ def requires_her2st():
 def synthetic_small():
     """A 1024² synthetic slide (read-only: copy elements before modifying)."""
     return sst.datasets.synthetic(shape=(1024, 1024), seed=0)
+
+
+@pytest.fixture()
+def segmented(synthetic_small):
+    """The image of ``synthetic_small`` alone, segmented (a fresh object per test)."""
+    sdata = sd.SpatialData(images={"he": synthetic_small["he"]})
+    sst.pp.segment(sdata, progress=False)
+    return sdata
 
 
 @pytest.fixture(scope="session")

@@ -48,13 +48,6 @@ def test_chunked_context_matches_brute_force():
         np.testing.assert_allclose(out[:, 3 * k : 3 * k + 3], ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture()
-def segmented(synthetic_small):
-    sdata = sd.SpatialData(images={"he": synthetic_small["he"]})
-    sst.pp.segment(sdata, progress=False)
-    return sdata
-
-
 def test_embed_appends_context_and_records_it(segmented, tmp_path):
     sst.tl.embed(segmented, context_um=0, progress=False, key_added="plain")
     sst.tl.embed(segmented, context_um=[40, 20], context_stats=["mean"], progress=False)

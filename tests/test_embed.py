@@ -1,17 +1,9 @@
 import numpy as np
 import pytest
-import spatialdata as sd
 
 import scellst as sst
 from scellst.embedding.crops import iter_crops
 from scellst.mil.evaluate import match_truth_cells
-
-
-@pytest.fixture()
-def segmented(synthetic_small):
-    sdata = sd.SpatialData(images={"he": synthetic_small["he"]})
-    sst.pp.segment(sdata, progress=False)
-    return sdata
 
 
 def test_morphology_embedding_table(segmented, synthetic_small):
