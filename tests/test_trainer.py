@@ -235,3 +235,21 @@ def test_progress_bars_end_where_the_work_did(embedded, capsys):
     err = capsys.readouterr().err
     assert "leave_one_slide_out" in err and "1: Pearson" in err
     assert len(cv.summary) == 1
+
+
+def test_ood_uses_the_cells_own_features_not_their_context():
+    from scellst.mil.ood import FeatureDistribution
+
+    rng = np.random.default_rng(0)
+    own, ctx = rng.normal(size=(5000, 6)), rng.normal(size=(5000, 1)) * np.ones((1, 6))
+    train = np.hstack([own, ctx + 0.01 * rng.normal(size=(5000, 6))])  # near-degenerate context
+    dist = FeatureDistribution.fit(train, n_used=6)
+    new = np.hstack([rng.normal(size=(500, 6)), rng.normal(size=(500, 6))])  # a new arrangement
+    assert dist.flag(new)[1].mean() < 0.02
+    assert FeatureDistribution.fit(train).flag(new)[1].mean() > 0.9  # what all columns gave
+    far = new.copy()
+    far[:, :6] += 8.0  # the cells themselves unlike any training cell
+    assert dist.flag(far)[1].all()
+    back = FeatureDistribution.from_state(dist.state())
+    assert back.n_used == 6
+    np.testing.assert_allclose(back.distance(new), dist.distance(new))

@@ -176,7 +176,7 @@ def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILM
     pool_statistics(data, config)
     config.update(n_members=1, blend="mlp")
     model = _train_member(data, config, int(config["seed"]), progress, "fit")
-    model.ood = _ood(data)
+    model.ood = _ood(data, config)
     return model
 
 
@@ -212,9 +212,13 @@ def _train_member(data: _Tensors, config: dict, seed: int, progress: bool, desc:
     return model
 
 
-def _ood(data: _Tensors) -> FeatureDistribution:
+def _ood(data: _Tensors, config: dict) -> FeatureDistribution:
+    """Distribution of the training cells' own features (not the appended neighbourhood)."""
     rows = data.cells_of(data.train_spots.cpu().numpy())[0]
-    return FeatureDistribution.fit(data.inputs(rows).cpu().numpy(), max_cells=OOD_CELLS)
+    x = data.inputs(rows).cpu().numpy()
+    radii, stats = embedding_context(config.get("encoder_info") or {})
+    n_own = x.shape[1] // (1 + len(radii) * len(stats))
+    return FeatureDistribution.fit(x, n_used=n_own, max_cells=OOD_CELLS)
 
 
 def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: bool) -> MILModel:
@@ -264,7 +268,7 @@ def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: b
         members[0].log_theta,
         members=[m.module for m in members[1:]],
         ridges=ridges if use_ridge else [],
-        ood=_ood(pool),
+        ood=_ood(pool, config),
     )
     model.history = members[0].history
     ensemble = {"members": rows, "weight_grid": list(BLEND_GRID)}
@@ -303,8 +307,10 @@ def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: b
     config["ensemble"] = ensemble
     o = model.ood
     config["ood"] = {
-        "method": "Mahalanobis distance on standardised features (leading principal components "
-        "+ residual), normalised by sqrt(n_features)",
+        "method": "Mahalanobis distance on the cell's own standardised features, without the "
+        "neighbourhood context (leading principal components + residual), normalised by "
+        "sqrt(n_features)",
+        "n_features_used": int(o.n_used),
         "threshold": float(o.threshold),
         "quantile": QUANTILE,
         "n_components": int(len(o.variances)),
