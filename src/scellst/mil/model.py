@@ -15,7 +15,7 @@ from .mlp import CellMLP
 from .ood import FeatureDistribution
 from .pooling import aggregate
 from .ridge import LinearCells
-from .spots import TARGET_SUM
+from .spots import TARGET_SUM, embedding_context
 
 _CONFIG = "config.json"
 _WEIGHTS = "weights.pt"
@@ -182,10 +182,17 @@ class MILModel:
     def _check_features(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.config["n_features"]:
+            radii, stats = embedding_context(self.config.get("encoder_info") or {})
+            context = (
+                f"context_um={list(radii)}, context_stats={list(stats)}"
+                if radii
+                else ("context_um=0")
+            )
             raise ValueError(
                 f"The model expects {self.config['n_features']} features per cell "
-                f"({self.config['encoder']!r} embedding) but got shape {features.shape}. Embed the "
-                "slide with the same encoder as the training slides."
+                f"({self.config['encoder']!r} embedding, neighbourhood {context}) but got shape "
+                f"{features.shape}. Embed the slide as the training slides were: "
+                f"sst.tl.embed(sdata, encoder={self.config['encoder']!r}, {context})."
             )
         return features
 
