@@ -10,7 +10,7 @@ from ..constants import CELLS_KEY, EMBEDDING_KEY
 from .genes import common_genes, select_genes
 from .model import MILModel
 from .options import DEFAULTS, TRAINING_OPTIONS, training_options
-from .spots import BAG_DEFAULTS, bag_options, slide_bags, slide_label
+from .spots import BAG_DEFAULTS, bag_options, sample_id, slide_bags
 from .training import fit_slides
 
 
@@ -220,8 +220,7 @@ def fit(
 
 def _name(sdata: SpatialData, bags, i: int) -> str:
     """The slide's sample id when its reader recorded one, else ``"slide i"``."""
-    label = slide_label(sdata, bags.spots_key)
-    return label.strip("'") if label != "'?'" else f"slide {i}"
+    return sample_id(sdata, bags.spots_key) or f"slide {i}"
 
 
 def _as_list(x, name: str) -> list[SpatialData]:

@@ -187,7 +187,7 @@ def slide_bags(
     _, instance_key = table_link(spots)
     instance = spots.obs[instance_key].to_numpy()
     has_cells = np.isin(instance, spot_of_cell[spot_of_cell != NO_SPOT])
-    keep = _kept_spots(spots, has_cells, min_counts, skey, slide_label(sdata, skey))
+    keep = _kept_spots(spots, has_cells, min_counts, skey, sample_id(sdata, skey))
     spots = spots[keep].copy()
     instance = instance[keep]
     spots.obs["_instance"] = instance
@@ -225,9 +225,12 @@ def slide_bags(
     )
 
 
-def _kept_spots(spots: ad.AnnData, has_cells: np.ndarray, min_counts: int, skey: str, label: str):
+def _kept_spots(
+    spots: ad.AnnData, has_cells: np.ndarray, min_counts: int, skey: str, sample: str | None
+):
     """Spots with a cell and at least ``min_counts`` counts (a warning for those without cells);
-    ``label`` names the slide in the messages (:func:`slide_label`)."""
+    ``sample`` (:func:`sample_id`) names the slide in the messages."""
+    label = repr(sample or "?")
     total = np.asarray(spots.X.sum(1)).ravel()
     keep = has_cells & (total >= min_counts)
     if (~has_cells).any():
@@ -280,7 +283,7 @@ def _weighted_bags(
     )  # cells x bins
     by_bin = sparse_by_bin(weights)
     has_cells = np.diff(by_bin.indptr) > 0
-    keep = _kept_spots(spots, has_cells, min_counts, skey, slide_label(sdata, skey))
+    keep = _kept_spots(spots, has_cells, min_counts, skey, sample_id(sdata, skey))
     by_bin = by_bin[keep]
     cell_idx = np.unique(by_bin.indices)
     spots = spots[keep].copy()
@@ -315,14 +318,14 @@ def sparse_by_bin(weights) -> sp.csr_matrix:
     return by_bin
 
 
-def slide_label(sdata: SpatialData, spots_key: str) -> str:
-    """How messages name a slide: the sample id its reader recorded (``'C3'``), else ``'?'``."""
+def sample_id(sdata: SpatialData, spots_key: str) -> str | None:
+    """The sample id the slide's reader recorded with its spots table (``"C3"``), else None."""
     try:
         uns = sdata.tables[table_for_element(sdata, spots_key)].uns.get(UNS_KEY, {})
     except (KeyError, ValueError):
-        return "'?'"
+        return None
     sample = uns.get("sample_id") if isinstance(uns, dict) else None
-    return repr(str(sample)) if sample else "'?'"
+    return str(sample) if sample else None
 
 
 def log_normalized(counts, total: np.ndarray) -> np.ndarray:
