@@ -41,6 +41,8 @@ def fit(
     scale_targets: bool | str = DEFAULTS.scale_targets,
     members: int | None = DEFAULTS.members,
     blend: str = DEFAULTS.blend,
+    start: str = DEFAULTS.start,
+    slide_offsets: bool = DEFAULTS.slide_offsets,
     min_spot_counts: int = 20,
     min_gene_counts: int = 200,
     min_gene_fraction: float = 0.1,
@@ -153,6 +155,17 @@ def fit(
         ``"auto"`` (default): per-gene validated blend of MLP and ridge (MSE loss only);
         ``"mlp"``: the MLPs alone (sCellST); ``"ridge"``: the closed-form ridge alone (no
         network trained). Count losses always use the MLPs alone.
+    start
+        ``"ridge"``: each member's MLP adds a learned correction to its member's closed-form
+        ridge (a fixed linear term), so training starts at the linear special case and early
+        stopping keeps it when no correction helps; ``"constant"``: from each gene's typical
+        value (sCellST). MSE loss only; count losses always start constant.
+    slide_offsets
+        With two or more training slides (MSE loss): each slide gets its own per-gene offset
+        during training, which absorbs slide-level differences (depth, batch, section) so the
+        network learns the variation within slides; the ridge is fitted on spots centred per
+        slide, and validation losses are centred per slide. The offsets are not part of the
+        model: predictions are at the training slides' mean level.
     min_spot_counts
         Spots with fewer total counts are skipped.
     min_gene_counts, min_gene_fraction

@@ -121,6 +121,7 @@ class MILModel:
             hidden=config["hidden"],
             dropout=config["dropout"],
             output="softplus" if config["loss"] == "mse" else "exp",
+            base=config.get("start") == "ridge",
         )
 
     @classmethod

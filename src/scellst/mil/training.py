@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluate import pearson_per_gene
-from .losses import mse_loss, nb_nll, poisson_nll
+from .losses import nb_nll, poisson_nll
 from .model import MAX_LOG_NORMALIZED, MILModel, default_device, spot_predictions
 from .ood import QUANTILE, FeatureDistribution
 from .options import target_scaling
@@ -119,6 +119,9 @@ def fit_slides(
         "n_val_slides": len(val_slides),
         "n_members": len(plans),
         "blend": o["blend"] if mse else "mlp",
+        # the ridge start is a correction in MSE's output units; count losses start constant
+        "start": o["start"] if mse and o["blend"] != "ridge" else "constant",
+        "slide_offsets": bool(o["slide_offsets"]) and mse,
     }
     # the first member's validation spots, per training slide (as sst.tl.evaluate takes them)
     config["validation_spots"] = [
@@ -174,7 +177,7 @@ def _plain_list(values: np.ndarray) -> list:
 def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILModel:
     """Build and train one MLP on prepared tensors, with their own split (no ridge, no ensemble)."""
     pool_statistics(data, config)
-    config.update(n_members=1, blend="mlp")
+    config.update(n_members=1, blend="mlp", start="constant")
     model = _train_member(data, config, int(config["seed"]), progress, "fit")
     model.ood = _ood(data, config)
     return model
@@ -199,13 +202,22 @@ def pool_statistics(data: _Tensors, config: dict) -> None:
     config["ceiling"] = np.minimum(np.log1p(np.expm1(top) * n95), MAX_LOG_NORMALIZED).tolist()
 
 
-def _train_member(data: _Tensors, config: dict, seed: int, progress: bool, desc: str) -> MILModel:
+def _train_member(
+    data: _Tensors,
+    config: dict,
+    seed: int,
+    progress: bool,
+    desc: str,
+    base: LinearCells | None = None,
+) -> MILModel:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MILModel.build({**config, "n_members": 1})
     model.config = config
     x = data.inputs(data.cells_of(data.train_spots.cpu().numpy())[0])
     model.module.set_input_scaling(x.mean(0).cpu(), x.std(0).cpu())
+    if model.module.has_base:
+        model.module.set_base(base)
     model.module.init_output(torch.as_tensor(_typical_output(data, config)))
     model.to(data.device)
     _train(model, data, config, rng, progress, desc)
@@ -231,13 +243,17 @@ def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: b
         data = pool.with_validation(plan["val"])
         member_config = dict(config, seed=int(config["seed"]) + k)
         desc = f"fit {k + 1}/{len(plans)} ({plan['name']})" if len(plans) > 1 else "fit"
+        needs_ridge = config["loss"] == "mse" and (blend != "mlp" or config["start"] == "ridge")
+        ridge = _fit_ridge(data, config["slide_offsets"]) if needs_ridge else None
         if blend == "ridge":  # the closed form alone: no network to train
             member = MILModel.build({**member_config, "n_members": 1})
             member.module.init_output(torch.as_tensor(_typical_output(data, member_config)))
             member_config.update(epochs_run=0, best_epoch=-1, best_loss=float("nan"))
         else:
-            member = _train_member(data, member_config, member_config["seed"], progress, desc)
-        ridge = _fit_ridge(data) if config["loss"] == "mse" and blend != "mlp" else None
+            member = _train_member(
+                data, member_config, member_config["seed"], progress, desc, base=ridge
+            )
+        ridge = ridge if blend != "mlp" else None
         members.append(member)
         ridges.append(ridge)
         splits.append(data)
@@ -324,15 +340,19 @@ def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: b
     return model.to(pool.device)
 
 
-def _fit_ridge(data: _Tensors) -> LinearCells:
+def _fit_ridge(data: _Tensors, slide_offsets: bool = False) -> LinearCells:
     """The closed-form ridge of a member: trained on its training spots, each gene's penalty
-    chosen on its validation spots (leave-one-out without them)."""
+    chosen on its validation spots (leave-one-out without them). ``slide_offsets``: spot means
+    and targets centred per slide (slide fixed effects), the mean level kept."""
     train = data.train_spots.cpu().numpy()
     val = data.val_spots.cpu().numpy()
     rows, bag = data.cells_of(train)
     cells = data.inputs(rows).cpu().numpy()
     Z = spot_means(cells, bag.cpu().numpy(), len(train), _numpy(data.weights(rows)))
     Y = data.target[data.train_spots].cpu().numpy()
+    centre = slide_offsets and len(np.unique(data.slide[train])) > 1
+    if centre:
+        Z, Y = _within(Z, data.slide[train]), _within(Y, data.slide[train])
     Z_val = Y_val = None
     if len(val):
         vrows, vbag = data.cells_of(val)
@@ -343,9 +363,19 @@ def _fit_ridge(data: _Tensors) -> LinearCells:
             _numpy(data.weights(vrows)),
         )
         Y_val = data.target[data.val_spots].cpu().numpy()
+        if centre:  # penalties chosen on what the offsets leave: within-slide variation
+            Z_val, Y_val = _within(Z_val, data.slide[val]), _within(Y_val, data.slide[val])
     return fit_linear_cells(
         Z, Y, cell_mean=cells.mean(0), cell_std=cells.std(0), Z_val=Z_val, Y_val=Y_val
     )
+
+
+def _within(values: np.ndarray, slide: np.ndarray) -> np.ndarray:
+    """``values`` centred per slide, plus their overall mean."""
+    out = np.asarray(values, np.float64).copy()
+    for s in np.unique(slide):
+        out[slide == s] -= out[slide == s].mean(0)
+    return out + np.asarray(values, np.float64).mean(0)
 
 
 @torch.no_grad()
@@ -436,6 +466,8 @@ class _Tensors:
             logn = log_normalized(counts, total)
         self.logn = torch.as_tensor(np.asarray(logn, np.float32), device=device)
         self.slide = np.asarray(slide)
+        self.slide_tensor = torch.as_tensor(self.slide, dtype=torch.int64, device=device)
+        self.slide_sizes = np.bincount(self.slide)
         self.val = np.asarray(val, bool)
         self.train_spots = torch.as_tensor(np.flatnonzero(~self.val), device=device)
         self.val_spots = torch.as_tensor(np.flatnonzero(self.val), device=device)
@@ -561,23 +593,58 @@ def _typical_output(data: _Tensors, config: dict) -> np.ndarray:
     return (rate / max(n_cells, 1.0)).astype(np.float32)
 
 
-def _batch_loss(model: MILModel, data: _Tensors, spots: torch.Tensor, config: dict) -> torch.Tensor:
+def _batch_loss(
+    model: MILModel,
+    data: _Tensors,
+    spots: torch.Tensor,
+    config: dict,
+    offsets: torch.Tensor | None = None,
+    centred: bool = False,
+) -> torch.Tensor:
+    """The loss of a batch of spots. ``offsets`` (slides × genes, MSE only): each training
+    slide's per-gene offset added to its spots' predictions; ``centred``: the MSE of residuals
+    centred per slide (what slide offsets leave to the model, as per-section Pearson)."""
     rows, bag = data.cells_of(spots.cpu().numpy())
     cells = model.module(data.inputs(rows))
     weight = data.weights(rows)
-    if config["loss"] == "mse" and config.get("aggregation_space") == "linear":
+    mse = config["loss"] == "mse"
+    if mse and config.get("aggregation_space") == "linear":
         # the spot's expression is its cells' expression pooled: log1p(mean(expm1(log cells)))
         scale = data.scale[spots]
         expression = torch.expm1((cells * scale[bag]).clamp(max=30.0))  # no float overflow
         pooled = aggregate(expression, bag, len(spots), config["aggregation"], weight)
-        return mse_loss(torch.log1p(pooled) / scale, data.target[spots])
-    out = aggregate(cells, bag, len(spots), config["aggregation"], weight)
-    if config["loss"] == "mse":
-        return mse_loss(out, data.target[spots])
+        out = torch.log1p(pooled) / scale
+    else:
+        out = aggregate(cells, bag, len(spots), config["aggregation"], weight)
+    if mse:
+        slide = data.slide_tensor[spots]
+        if offsets is not None:
+            out = out + offsets[slide]
+        residual = out - data.target[spots]
+        if centred:
+            residual = _centred(residual, slide, len(data.slide_sizes))
+        return torch.mean(residual**2)
     mu = out * data.size_factor[spots][:, None]
     if config["loss"] == "nb":
         return nb_nll(data.counts[spots], mu, model.log_theta)
     return poisson_nll(data.counts[spots], mu)
+
+
+def _centred(residual: torch.Tensor, slide: torch.Tensor, n_slides: int) -> torch.Tensor:
+    """``residual`` minus its mean over the spots of each slide (per gene)."""
+    total = torch.zeros(n_slides, residual.shape[1], device=residual.device)
+    total.index_add_(0, slide, residual)
+    count = torch.bincount(slide, minlength=n_slides).clamp_min(1).to(residual.dtype)
+    return residual - (total / count[:, None])[slide]
+
+
+def _slide_offsets(data: _Tensors, config: dict) -> torch.Tensor | None:
+    """Per-slide, per-gene offsets to train with ``slide_offsets`` (zeros), or None."""
+    train_slides = np.unique(data.slide[~data.val])
+    if not config.get("slide_offsets") or config["loss"] != "mse" or len(train_slides) < 2:
+        return None
+    n_genes = data.target.shape[1]
+    return torch.zeros(len(data.slide_sizes), n_genes, device=data.device, requires_grad=True)
 
 
 def _train(
@@ -587,6 +654,10 @@ def _train(
     if model.log_theta is not None:
         params.append(model.log_theta)
     opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    raw_offsets = _slide_offsets(data, config)
+    if raw_offsets is not None:  # not decayed: a slide's offset is not a complexity to shrink
+        opt.add_param_group({"params": [raw_offsets], "weight_decay": 0.0})
+        train_slides = torch.as_tensor(np.unique(data.slide[~data.val]), device=data.device)
     has_val = len(data.val_spots) > 0
     alpha = config["smoothing"]
     if alpha is None:  # few validation spots give a noisy loss: follow its trend instead
@@ -604,7 +675,10 @@ def _train(
         total, n = 0.0, 0
         for start in range(0, len(order), config["batch_size"]):
             spots = order[start : start + config["batch_size"]]
-            loss = _batch_loss(model, data, spots, config)
+            offsets = None
+            if raw_offsets is not None:  # centred over the training slides: the model keeps
+                offsets = raw_offsets - raw_offsets[train_slides].mean(0)  # the mean level
+            loss = _batch_loss(model, data, spots, config, offsets)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -615,7 +689,11 @@ def _train(
         if has_val:
             model.module.eval()
             with torch.no_grad():
-                value = float(_batch_loss(model, data, data.val_spots, config))
+                value = float(
+                    _batch_loss(
+                        model, data, data.val_spots, config, centred=raw_offsets is not None
+                    )
+                )
             model.history["val_loss"].append(value)
         smoothed = value if smoothed is None else alpha * smoothed + (1 - alpha) * value
         bar.set_postfix(train=f"{model.history['train_loss'][-1]:.4f}", val=f"{value:.4f}")
