@@ -253,3 +253,92 @@ def test_ood_uses_the_cells_own_features_not_their_context():
     back = FeatureDistribution.from_state(dist.state())
     assert back.n_used == 6
     np.testing.assert_allclose(back.distance(new), dist.distance(new))
+
+
+def _slides_with_batch_effects(seed=0, n_slides=3, n_spots=80, d=4, genes=2):
+    """Spots of three slides whose features and targets are both shifted per slide (a batch
+    effect confounded with the features); within each slide, targets are linear in the spot
+    mean features with coefficients ``coef``."""
+    rng = np.random.default_rng(seed)
+    coef = rng.normal(size=(d, genes)) * 0.3
+    feats, bags, logn, slide = [], [], [], []
+    for s in range(n_slides):
+        sizes = rng.integers(3, 10, n_spots)
+        bag = np.repeat(np.arange(n_spots), sizes)
+        x = rng.normal(size=(len(bag), d)) + s  # the slide's features shifted
+        Z = spot_means(x, bag, n_spots)
+        y = 2.0 + (Z - s) @ coef + 0.8 * s + rng.normal(scale=0.02, size=(n_spots, genes))
+        feats.append(x)
+        bags.append(bag + s * n_spots)
+        logn.append(y)
+        slide.append(np.full(n_spots, s))
+    return np.vstack(feats), np.concatenate(bags), np.vstack(logn), np.concatenate(slide), coef
+
+
+def _tensors(feats, bag, logn, slide, val):
+    from scellst.mil.training import _Tensors
+
+    n = len(logn)
+    data = _Tensors(feats, bag, np.expm1(logn), np.full(n, 1e4), val, slide,
+                    torch.device("cpu"), logn=logn)  # fmt: skip
+    data.finish({"scale_targets": "none", "median_total_counts": 1e4})
+    return data
+
+
+def test_slide_offsets_make_the_ridge_learn_within_slide_variation():
+    """With a batch effect shared by the features and the targets, the pooled ridge learns the
+    between-slide trend; with slide fixed effects (the default ``slide_offsets``) each member's
+    ridge recovers the within-slide coefficients."""
+    from scellst.mil.training import _fit_ridge
+
+    feats, bag, logn, slide, coef = _slides_with_batch_effects()
+    data = _tensors(feats, bag, logn, slide, val=slide == 2)
+    errors = {}
+    for offsets in (False, True):
+        lin = _fit_ridge(data, slide_offsets=offsets)
+        errors[offsets] = np.abs(lin.coef / lin.scale[:, None] - coef).max()
+    assert errors[True] < 0.05 < errors[False]
+
+
+def test_centred_validation_loss_ignores_a_slide_level_shift():
+    """The validation loss with slide offsets is the MSE of residuals centred per slide: a
+    per-slide, per-gene shift of the targets does not change it, and the offsets do not enter
+    the model's predictions."""
+    from scellst.mil.model import MILModel
+    from scellst.mil.training import _batch_loss
+
+    feats, bag, logn, slide, _ = _slides_with_batch_effects()
+    config = {"genes": ["a", "b"], "n_features": feats.shape[1], "hidden": [8], "dropout": 0.0,
+              "loss": "mse", "aggregation": "mean", "aggregation_space": "linear"}  # fmt: skip
+    torch.manual_seed(0)
+    model = MILModel.build(config)
+    model.module.eval()
+    spots = torch.arange(len(logn))
+    shifted = logn + np.array([[0.0, 0.3], [1.0, -0.5], [2.0, 0.1]])[slide]
+    losses = []
+    for targets in (logn, shifted):
+        data = _tensors(feats, bag, targets, slide, val=np.zeros(len(logn), bool))
+        with torch.no_grad():
+            losses.append(float(_batch_loss(model, data, spots, config, centred=True)))
+            plain = float(_batch_loss(model, data, spots, config))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert plain > losses[1]  # the uncentred loss does see the shift
+
+
+def test_ridge_start_begins_at_the_members_ridge():
+    """``start="ridge"``: before training, a member's network outputs its ridge's per-cell
+    prediction (through the output softplus), so training starts at the linear special case."""
+    from scellst.mil.mlp import CellMLP
+
+    x, bag, Z, Y = _toy()
+    lin = fit_linear_cells(Z, Y + 5.0, alpha=1.0, cell_mean=x.mean(0), cell_std=x.std(0))
+    net = CellMLP(x.shape[1], Y.shape[1], hidden=(16,), base=True)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    net.set_input_scaling(xt.mean(0), xt.std(0))
+    net.set_base(lin)
+    net.init_output(torch.ones(Y.shape[1]))
+    net.eval()
+    with torch.no_grad():
+        out = net(xt).numpy()
+    expected = torch.nn.functional.softplus(torch.as_tensor(lin.predict(x)), beta=20).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -154,3 +154,51 @@ def test_overwrite_and_refusals(slide, tmp_path):
     with pytest.raises(ValueError, match="image_codec='png'"):
         sst.io.write_zarr(slide, tmp_path / "x.zarr", image_codec="png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+
+
+def _computed_tables():
+    """An sdata with a table scellst computed (predictions and spread) and a measured one."""
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    n = 400
+    pred = ad.AnnData(rng.gamma(2.0, 1.0, (n, 30)).astype(np.float32))
+    pred.layers["spread"] = rng.gamma(1.0, 0.1, (n, 30)).astype(np.float32)
+    pred.obsm["spatial"] = rng.uniform(0, 5e4, (n, 2))  # float64 coordinates: kept exact
+    pred.uns["scellst"] = {"prediction": {"model": "toy"}}
+    counts = ad.AnnData(rng.poisson(50.0, (n, 30)).astype(np.float32) * 1.37)
+    return SpatialData(tables={"sst_expression": pred, "measured": counts})
+
+
+def test_computed_tables_keep_12_mantissa_bits_and_shrink(tmp_path):
+    """Tables scellst computed are stored with 12 mantissa bits (relative error <= 2**-13),
+    bitshuffled and zstd-compressed, and read back as float32 by plain spatialdata; measured
+    tables and float64 arrays stay exact; ``table_bits=None`` keeps everything exact."""
+    sdata = _computed_tables()
+    sst.io.write_zarr(sdata, tmp_path / "compact.zarr")
+    sst.io.write_zarr(sdata, tmp_path / "exact.zarr", table_bits=None)
+    back, exact = sd.read_zarr(tmp_path / "compact.zarr"), sd.read_zarr(tmp_path / "exact.zarr")
+    pred, got = sdata["sst_expression"], back["sst_expression"]
+    for a, b in ((pred.X, got.X), (pred.layers["spread"], got.layers["spread"])):
+        assert b.dtype == np.float32
+        rel = np.abs(np.asarray(b) - a) / np.abs(a)
+        assert 0 < rel.max() <= 2.0**-13
+    np.testing.assert_array_equal(got.obsm["spatial"], pred.obsm["spatial"])
+    np.testing.assert_array_equal(back["measured"].X, sdata["measured"].X)
+    np.testing.assert_array_equal(exact["sst_expression"].X, pred.X)
+    x_meta = json.loads((tmp_path / "compact.zarr/tables/sst_expression/X/zarr.json").read_text())
+    blosc = [c for c in x_meta["codecs"] if c["name"] == "blosc"]
+    assert blosc and blosc[0]["configuration"]["shuffle"] == "bitshuffle"
+    compact = _size(tmp_path / "compact.zarr/tables/sst_expression")
+    assert compact < 0.7 * _size(tmp_path / "exact.zarr/tables/sst_expression")
+
+
+def test_round_mantissa_keeps_non_finite_values_and_bounds_the_error():
+    x = np.array([1.0, np.pi, -2.5e-7, 3.4e38, np.inf, -np.inf, np.nan, 0.0], np.float32)
+    r = _write.round_mantissa(x, 12)
+    finite = np.isfinite(x) & (x != 0)
+    assert np.all(np.abs(r[finite] - x[finite]) <= np.abs(x[finite]) * 2.0**-13)
+    assert np.isposinf(r[4]) and np.isneginf(r[5]) and np.isnan(r[6]) and r[7] == 0
+    assert np.isfinite(r[3])  # the largest floats do not round to infinity
+    with pytest.raises(ValueError, match="table_bits"):
+        sst.io.write_zarr(_computed_tables(), Path("unused.zarr"), table_bits=0)

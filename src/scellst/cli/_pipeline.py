@@ -20,6 +20,7 @@ from ..constants import (
     TRUE_EXPRESSION_KEY,
     cells_table_key,
 )
+from ..io._write import TABLE_BITS
 from ._errors import CLIError
 from ._inputs import check_genes, input_settings, parse_genes, parse_seg_params, read_input
 from ._store import FILES_DIR, RunStore, Stage, plain
@@ -186,7 +187,12 @@ class Pipeline:
             check_genes(source, parse_genes(a.genes))
         if not resume:
             t = time.perf_counter()
-            self.sdata = self.store.create(source, settings, image_codec=a.image_codec)
+            self.sdata = self.store.create(
+                source,
+                settings,
+                image_codec=a.image_codec,
+                table_bits=None if a.exact_tables else TABLE_BITS,
+            )
             log.info("input written to %s in %.1f s", self.store.path, time.perf_counter() - t)
         if source is not None:  # compute on the source pixels, not on the store's JPEG copy
             for key, image in source.images.items():

@@ -28,7 +28,15 @@ from spatialdata import SpatialData
 
 from .._version import __version__
 from ..constants import UNS_KEY
-from ..io._write import quiet_zarr, replace_dir, write_store, written_aside
+from ..io._write import (
+    TABLE_BITS,
+    computed_tables,
+    quiet_zarr,
+    replace_dir,
+    round_table,
+    write_store,
+    written_aside,
+)
 from ._errors import CLIError
 
 log = logging.getLogger("scellst")
@@ -127,7 +135,11 @@ class RunStore:
         return True
 
     def create(
-        self, sdata: SpatialData, input_settings: dict, image_codec: str = "jpeg"
+        self,
+        sdata: SpatialData,
+        input_settings: dict,
+        image_codec: str = "jpeg",
+        table_bits: int | None = TABLE_BITS,
     ) -> SpatialData:
         """Write the input elements as a new store (beside ``path``, moved there once complete,
         with its record); return the store-backed SpatialData."""
@@ -136,12 +148,13 @@ class RunStore:
             "command": self.command,
             "scellst_version": __version__,
             "image_codec": image_codec,
+            "table_bits": table_bits,
             "stages": {},
         }
         attrs = sdata.attrs.get(UNS_KEY)
         sdata.attrs[UNS_KEY] = {**(attrs if isinstance(attrs, dict) else {}), RECORD_KEY: record}
         with written_aside(self.path) as tmp:
-            write_store(sdata, tmp, image_codec=image_codec)
+            write_store(sdata, tmp, image_codec=image_codec, table_bits=table_bits)
             record["stages"]["input"] = plain(input_settings)
             _write_record(tmp, record)
         return self.read()
@@ -150,6 +163,11 @@ class RunStore:
         """How the store's image was written (stores of older versions: lossless)."""
         record = self.read_record() or {}
         return record.get("image_codec", "lossless")
+
+    def table_bits(self) -> int | None:
+        """Mantissa bits of the computed tables (stores of older versions: exact)."""
+        record = self.read_record() or {}
+        return record.get("table_bits")
 
     def commit(self) -> None:
         """An ``--overwrite`` run built aside replaces the earlier output."""
@@ -217,7 +235,12 @@ class RunStore:
         The elements are written into a store beside this one and each is moved into place
         whole, so an interrupted write leaves no partial element in the store."""
         if stage.elements:
-            self._add_elements(_part(sdata, stage.elements))
+            part = _part(sdata, stage.elements)
+            self._add_elements(part)
+            bits = self.table_bits()
+            if bits is not None:  # later stages compute from what a resumed run would read
+                for key in computed_tables(part):
+                    round_table(sdata.tables[key], bits)
         record = sdata.attrs[UNS_KEY][RECORD_KEY]
         record["stages"][stage.name] = stage.settings
         self._write_record(record)
@@ -243,7 +266,12 @@ class RunStore:
     def _add_elements(self, part: SpatialData) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.stage-", dir=self.path.parent))
         try:
-            write_store(part, tmp / "part.zarr", image_codec=self.image_codec())
+            write_store(
+                part,
+                tmp / "part.zarr",
+                image_codec=self.image_codec(),
+                table_bits=self.table_bits(),
+            )
             root = zarr.open_group(str(self.path), mode="r+")
             for kind, name, _ in part.gen_elements():
                 root.require_group(kind)

@@ -256,6 +256,19 @@ def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
     return np.where(keep, x, out)
 
 
+def round_table(table, bits: int) -> None:
+    """Round the float32 arrays ``X``, layers and ``obsm`` of an AnnData in place, as
+    :func:`write_store` stores them (so work that continues in memory after a write sees the
+    values a later read of the store gives)."""
+    if isinstance(table.X, np.ndarray) and table.X.dtype == np.float32:
+        table.X = round_mantissa(table.X, bits)
+    for mapping in (table.layers, table.obsm):
+        for name in list(mapping.keys()):
+            value = mapping[name]
+            if isinstance(value, np.ndarray) and value.dtype == np.float32:
+                mapping[name] = round_mantissa(value, bits)
+
+
 def _store_compact(group_path: Path, bits: int) -> None:
     """Re-store the float32 arrays ``X``, ``layers/*`` and ``obsm/*`` of an AnnData group with
     ``bits`` mantissa bits, bitshuffled and zstd-compressed."""
