@@ -135,6 +135,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Tiles thinner than this are padded with glass before cellpose runs on them.
+MIN_SIDE_PX = 16
+
 class CellposeSegmenter:
     """Callable ``(rgb_tile, microns_per_pixel) -> labels`` running cellpose 4 on H&E tiles.
 
@@ -310,13 +313,19 @@ class CellposeSegmenter:
             return np.zeros(shape, np.int32)
         args = self.eval_args(microns_per_pixel)
         model = self.model
+        # a sliver of a tile (at a slide's edge) is padded with glass: cellpose divides by the
+        # side length minus one when it normalises its flows
+        pad = [(0, max(0, MIN_SIDE_PX - n)) for n in shape]
+        if any(after for _, after in pad):
+            rgb = np.pad(rgb, [*pad, (0, 0)], constant_values=255)
         with self._lock:
             masks = model.eval(rgb, **args)[0]
         masks = np.asarray(masks)
         if masks.size == 0:  # pragma: no cover - compute_masks=False is reserved
             return np.zeros(shape, np.int32)
         # cellpose squeezes its output: a tile one pixel wide comes back 1-D
-        return masks.reshape(shape).astype(np.int32, copy=False)
+        masks = masks.reshape(rgb.shape[:2])[: shape[0], : shape[1]]
+        return np.ascontiguousarray(masks, dtype=np.int32)
 
     def __repr__(self) -> str:
         return (
