@@ -159,7 +159,7 @@ def train(data, minutes: float, patch: int, batch: int, seed: int) -> tuple[UNet
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         step += 1
         if step % 200 == 0:
             print(f"step {step}: loss {np.mean(losses[-200:]):.4f} "
@@ -219,12 +219,9 @@ def main() -> None:
         unet = sst.tl.segmentation_metrics(truth, lab)
         sdata = sst.io.read_image(mon / r["image"], microns_per_pixel=mpp)
         sst.pp.segment(sdata, progress=False)
-        sst.pp.rasterize_cells(sdata)
-        ws_labels = np.asarray(sdata.labels["sst_cells_labels"].values) if (
-            "sst_cells_labels" in sdata.labels) else None  # fmt: skip
-        ws = sst.tl.segmentation_metrics(truth, ws_labels) if ws_labels is not None else {}
+        ws = sst.tl.segmentation_metrics(truth, sst.pp.rasterize_cells(sdata))
         row = {"image": Path(r["image"]).stem, "unet_aji": unet["aji"], "unet_f1": unet["f1"],
-               "watershed_aji": ws.get("aji", np.nan), "watershed_f1": ws.get("f1", np.nan),
+               "watershed_aji": ws["aji"], "watershed_f1": ws["f1"],
                "unet_mpx_per_s": truth.size / 1e6 / seconds}  # fmt: skip
         results.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),

@@ -81,6 +81,8 @@ def test_option_defaults_are_the_library_defaults():
     assert run["encoder"] == inspect.signature(sst.tl.embed).parameters["encoder"].default
     cells = inspect.signature(sst.tl.train_encoder).parameters["max_cells"].default
     assert run["train_encoder_cells"] == cells
+    context = inspect.signature(sst.tl.embed).parameters["context_um"].default
+    assert run["context_um"] == [context]
 
 
 def test_config_file_with_flags_overriding_it(tmp_path):
@@ -441,6 +443,24 @@ def test_segmentation_parameters_from_the_command_line(slide_store, tmp_path, ca
     ):
         assert main(base + ["--out", str(tmp_path / "x.zarr"), "--seg-param", bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_context_radius_from_the_command_line(slide_store, tmp_path, capsys):
+    """``--context-um``: the neighbourhood radii of the embedding (0: none), recorded, and a
+    resumed run with another radius is refused like any other changed setting."""
+    base = ["run", "--zarr", str(slide_store), "--stop-after", "embed"] + FAST
+    out = tmp_path / "none.zarr"
+    assert main(base + ["--out", str(out), "--context-um", "0"]) == 0
+    own = sd.read_zarr(out)["sst_embedding"].obsm["X_sst"].shape[1]
+    two = tmp_path / "two.zarr"
+    assert main(base + ["--out", str(two), "--context-um", "30,100"]) == 0
+    assert sd.read_zarr(two)["sst_embedding"].obsm["X_sst"].shape[1] == 5 * own  # 2 x mean, SD
+    capsys.readouterr()
+    assert main(base + ["--out", str(out), "--context-um", "50"]) == 2
+    assert "--context-um" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it before anything runs
+        main(base + ["--out", str(tmp_path / "bad.zarr"), "--context-um", "-3"])
+    assert stop.value.code == 2 and "radii must be positive" in capsys.readouterr().err
 
 
 # ---- nothing lost on faults ------------------------------------------------------------------

@@ -63,7 +63,7 @@ def _convert(action: argparse.Action, value: Any, key: str, path: Path) -> Any:
             raise CLIError(f'{where}: expected a list of "KEY=VALUE" strings or a table.')
         return list(value)
     if isinstance(value, list):
-        if key != "genes":
+        if key not in ("genes", "context_um"):
             raise CLIError(f"{where}: expected a single value, got a list {value!r}.")
         value = ",".join(str(v) for v in value)
     if isinstance(value, bool | dict) or not isinstance(value, str | int | float):

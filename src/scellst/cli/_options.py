@@ -218,6 +218,19 @@ def _segmentation(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _radii(text: str | float) -> list[float]:
+    """``--context-um``: comma-separated radii in µm; ``0`` for none."""
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected radii in µm such as 200 or 30,200 (0: none), got {text!r}"
+        ) from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"radii must be positive µm (0: none), got {text!r}")
+    return [v for v in values if v > 0]
+
+
 def _encoder(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("cell embedding")
     if command == "predict":
@@ -246,6 +259,14 @@ def _encoder(p: argparse.ArgumentParser, command: str) -> None:
         "downloaded). Default: $SCELLST_WEIGHTS_DIR/NAME.pth",
     )
     if command != "predict":
+        g.add_argument(
+            "--context-um",
+            type=_radii,
+            default=[200.0],  # sst.tl.embed's context_um (tested)
+            metavar="R[,R...]",
+            help="add to each cell's features the mean and SD of its neighbours' features within "
+            "these radii in µm (0: none; `predict` uses the model's) (default: %(default)s)",
+        )
         g.add_argument(
             "--train-encoder-epochs",
             type=int,

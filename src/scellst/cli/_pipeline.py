@@ -124,7 +124,10 @@ class Pipeline:
         if encoder != "morphology" and Path(encoder).expanduser().is_dir():
             encoder = str(Path(encoder).expanduser().resolve())
         weights = a.weights.expanduser().resolve() if a.weights is not None else None
-        return {"encoder": encoder, "weights": weights}
+        spec = {"encoder": encoder, "weights": weights}
+        if self.command != "predict":  # predict embeds with the model's context
+            spec["context_um"] = list(a.context_um)
+        return spec
 
     def _model_encoder(self) -> str:
         """The encoder of the ``--model`` of ``predict``: morphology, the one saved beside it,
@@ -268,7 +271,7 @@ class Pipeline:
     def _embed(self) -> None:
         if self.encoder is None:  # trained by this run
             self.encoder = self._resolve_encoder(str(self.store.path / ENCODER_DIR), None)
-        context = {}
+        context = {"context_um": list(self.args.context_um) or 0}
         if self.command == "predict":  # the neighbourhood context the model was trained with
             from ..mil.spots import embedding_context
 

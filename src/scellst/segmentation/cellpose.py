@@ -138,6 +138,7 @@ def _plain(value: Any) -> Any:
 #: Tiles thinner than this are padded with glass before cellpose runs on them.
 MIN_SIDE_PX = 16
 
+
 class CellposeSegmenter:
     """Callable ``(rgb_tile, microns_per_pixel) -> labels`` running cellpose 4 on H&E tiles.
 
