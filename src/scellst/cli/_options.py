@@ -391,7 +391,7 @@ def _output(p: argparse.ArgumentParser, command: str) -> None:
         "--exact-tables",
         action="store_true",
         help="store the embedding and predicted expression exactly; by default their float "
-        "values keep 12 mantissa bits (relative error <= 1.2e-4), 2-3x smaller",
+        "values keep 12 mantissa bits (relative error <= 2**-13, about 1.22e-4), 2-3x smaller",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument(

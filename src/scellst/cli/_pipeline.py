@@ -271,8 +271,9 @@ class Pipeline:
     def _embed(self) -> None:
         if self.encoder is None:  # trained by this run
             self.encoder = self._resolve_encoder(str(self.store.path / ENCODER_DIR), None)
-        context = {"context_um": list(self.args.context_um) or 0}
-        if self.command == "predict":  # the neighbourhood context the model was trained with
+        if self.command != "predict":
+            context = {"context_um": list(self.args.context_um) or 0}
+        else:  # the neighbourhood context the model was trained with
             from ..mil.spots import embedding_context
 
             radii, stats = embedding_context(self.trained_model.config.get("encoder_info", {}))

@@ -28,7 +28,7 @@ from ._codecs import JPEG_QUALITY, JpegCodec
 #: ``image_codec`` values: RGB images as JPEG chunks (default), or every array lossless (zstd).
 IMAGE_CODECS = ("jpeg", "lossless")
 #: Default mantissa bits kept in the float arrays of the tables scellst computed (of float32's
-#: 23): a relative error of at most 2**-13 (1.2e-4), far below any model's error.
+#: 23): a relative error of at most 2**-13 (about 1.22e-4), far below any model's error.
 TABLE_BITS = 12
 
 
@@ -66,9 +66,9 @@ def write_zarr(
         Mantissa bits kept (of float32's 23) in the float32 arrays (``X``, layers, ``obsm``) of
         the tables scellst computed (embeddings, predicted expression and its spread: those
         whose ``uns["scellst"]`` holds ``"embedding"`` or ``"prediction"``), stored with
-        bitshuffle + zstd. The default 12 bounds the relative error by 1.2e-4 (3-4 significant
-        digits, far below any model's error) and makes these tables 2-3x smaller. ``None``:
-        exact. Other tables (the measured spots, cell measurements) are always exact, and the
+        bitshuffle + zstd. The default 12 bounds the relative error by 2**-13 (about 1.22e-4;
+        3-4 significant digits, far below any model's error) and makes these tables 2-3x
+        smaller. ``None``: exact. Other tables (the measured spots, cell measurements) are always exact, and the
         values stay float32 for every reader.
 
     Returns
