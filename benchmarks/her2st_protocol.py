@@ -144,14 +144,15 @@ def run_fold(train, test, slides, bags, cnn, args, fit_kwargs) -> dict:
     measured = measured_spots(tb, genes)
     scores = {"mil": score_genes(model.predict_spots(tb.features, tb.bag, tb.spots.n_obs),
                                  measured, genes)}  # fmt: skip
-    y_train = np.vstack([measured_spots(bags[n], genes) for n in train])
-    X = np.vstack([spot_mean_features(bags[n]) for n in train])
-    scores["ridge"], alpha = ridge_scores(X, y_train, spot_mean_features(tb), measured, genes)
+    ys = [measured_spots(bags[n], genes) for n in train]
+    Xs = [spot_mean_features(bags[n]) for n in train]
+    X_test = spot_mean_features(tb)
+    scores["ridge"], alpha = ridge_scores(np.vstack(Xs), np.vstack(ys), X_test, measured, genes)
     # the same ridge with slide fixed effects (spot means and targets centred per training
     # section), as MIL's default slide_offsets: shown so the gain of that choice is visible
-    Xw = np.vstack([_centred(spot_mean_features(bags[n])) for n in train])
-    yw = np.vstack([_centred(measured_spots(bags[n], genes)) for n in train])
-    scores["ridge_slide_fe"], _ = ridge_scores(Xw, yw, spot_mean_features(tb), measured, genes)
+    Xw, yw = np.vstack([_centred(x) for x in Xs]), np.vstack([_centred(y) for y in ys])
+    scores["ridge_slide_fe"], _ = ridge_scores(Xw, yw, X_test, measured, genes)
+    y_train = np.vstack(ys)
     if cnn is not None:
         Xc = np.vstack([cnn_descriptor(slides[n], bags[n], cnn, args.cnn_encoder, n, args.cache)
                         for n in train])  # fmt: skip

@@ -323,22 +323,3 @@ def test_centred_validation_loss_ignores_a_slide_level_shift():
             plain = float(_batch_loss(model, data, spots, config))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert plain > losses[1]  # the uncentred loss does see the shift
-
-
-def test_ridge_start_begins_at_the_members_ridge():
-    """``start="ridge"``: before training, a member's network outputs its ridge's per-cell
-    prediction (through the output softplus), so training starts at the linear special case."""
-    from scellst.mil.mlp import CellMLP
-
-    x, bag, Z, Y = _toy()
-    lin = fit_linear_cells(Z, Y + 5.0, alpha=1.0, cell_mean=x.mean(0), cell_std=x.std(0))
-    net = CellMLP(x.shape[1], Y.shape[1], hidden=(16,), base=True)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    net.set_input_scaling(xt.mean(0), xt.std(0))
-    net.set_base(lin)
-    net.init_output(torch.ones(Y.shape[1]))
-    net.eval()
-    with torch.no_grad():
-        out = net(xt).numpy()
-    expected = torch.nn.functional.softplus(torch.as_tensor(lin.predict(x)), beta=20).numpy()
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

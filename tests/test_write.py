@@ -193,7 +193,7 @@ def test_computed_tables_keep_12_mantissa_bits_and_shrink(tmp_path):
     assert compact < 0.7 * _size(tmp_path / "exact.zarr/tables/sst_expression")
 
 
-def test_round_mantissa_keeps_non_finite_values_and_bounds_the_error():
+def test_round_mantissa_keeps_non_finite_values_and_bounds_the_error(tmp_path):
     x = np.array([1.0, np.pi, -2.5e-7, 3.4e38, np.inf, -np.inf, np.nan, 0.0], np.float32)
     r = _write.round_mantissa(x, 12)
     finite = np.isfinite(x) & (x != 0)
@@ -201,4 +201,5 @@ def test_round_mantissa_keeps_non_finite_values_and_bounds_the_error():
     assert np.isposinf(r[4]) and np.isneginf(r[5]) and np.isnan(r[6]) and r[7] == 0
     assert np.isfinite(r[3])  # the largest floats do not round to infinity
     with pytest.raises(ValueError, match="table_bits"):
-        sst.io.write_zarr(_computed_tables(), Path("unused.zarr"), table_bits=0)
+        sst.io.write_zarr(_computed_tables(), tmp_path / "refused.zarr", table_bits=0)
+    assert not (tmp_path / "refused.zarr").exists()

@@ -236,8 +236,8 @@ class RunStore:
         whole, so an interrupted write leaves no partial element in the store."""
         if stage.elements:
             part = _part(sdata, stage.elements)
-            self._add_elements(part)
             bits = self.table_bits()
+            self._add_elements(part, bits)
             if bits is not None:  # later stages compute from what a resumed run would read
                 for key in computed_tables(part):
                     round_table(sdata.tables[key], bits)
@@ -263,14 +263,14 @@ class RunStore:
         if stage.folder and (self.path / stage.folder).exists():
             shutil.rmtree(self.path / stage.folder)
 
-    def _add_elements(self, part: SpatialData) -> None:
+    def _add_elements(self, part: SpatialData, table_bits: int | None) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.stage-", dir=self.path.parent))
         try:
             write_store(
                 part,
                 tmp / "part.zarr",
                 image_codec=self.image_codec(),
-                table_bits=self.table_bits(),
+                table_bits=table_bits,
             )
             root = zarr.open_group(str(self.path), mode="r+")
             for kind, name, _ in part.gen_elements():

@@ -23,6 +23,7 @@ from spatialdata import SpatialData
 from zarr.codecs import BloscCodec
 
 from .._sdata import image_levels
+from ..constants import UNS_KEY
 from ._codecs import JPEG_QUALITY, JpegCodec
 
 #: ``image_codec`` values: RGB images as JPEG chunks (default), or every array lossless (zstd).
@@ -59,7 +60,7 @@ def write_zarr(
         How RGB uint8 images are stored. ``"jpeg"`` (default): every chunk of every pyramid
         level as a JPEG of quality 90, visually lossless on H&E and 5-10x smaller than
         ``"lossless"``, which stores every pixel exactly (zstd, spatialdata's default). Labels,
-        shapes, points, tables and other images are always stored exactly. A JPEG store is read by
+        shapes, points and other images are always stored exactly (tables: ``table_bits``). A JPEG store is read by
         :func:`spatialdata.read_zarr` wherever scellst is installed (the codec ``scellst_jpeg`` is
         registered with zarr through an entry point).
     table_bits
@@ -68,8 +69,8 @@ def write_zarr(
         whose ``uns["scellst"]`` holds ``"embedding"`` or ``"prediction"``), stored with
         bitshuffle + zstd. The default 12 bounds the relative error by 2**-13 (about 1.22e-4;
         3-4 significant digits, far below any model's error) and makes these tables 2-3x
-        smaller. ``None``: exact. Other tables (the measured spots, cell measurements) are always exact, and the
-        values stay float32 for every reader.
+        smaller. ``None``: exact. Other tables (the measured spots, cell measurements) are
+        always exact, and the values stay float32 for every reader.
 
     Returns
     -------
@@ -169,7 +170,7 @@ def write_store(
             _store_jpeg(path / "images" / key, levels)
         compact = [] if table_bits is None else computed_tables(sdata)
         for key in compact:
-            _store_compact(path / "tables" / key, table_bits)
+            _store_compact(path / "tables" / key, sdata.tables[key], table_bits)
         if jpeg or compact:
             zarr.consolidate_metadata(str(path))
 
@@ -235,7 +236,7 @@ def computed_tables(sdata: SpatialData) -> list[str]:
     """Keys of the tables scellst computed: embeddings and predictions."""
     out = []
     for key, table in sdata.tables.items():
-        info = table.uns.get("scellst")
+        info = table.uns.get(UNS_KEY)
         if isinstance(info, dict) and any(m in info for m in COMPUTED_MARKS):
             out.append(key)
     return out
@@ -256,32 +257,37 @@ def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
     return np.where(keep, x, out)
 
 
-def round_table(table, bits: int) -> None:
-    """Round the float32 arrays ``X``, layers and ``obsm`` of an AnnData in place, as
-    :func:`write_store` stores them (so work that continues in memory after a write sees the
-    values a later read of the store gives)."""
+def _float32_arrays(table) -> list[tuple[str | None, str, np.ndarray]]:
+    """``(mapping, name, array)`` of an AnnData's dense float32 ``X`` (mapping None), layers and
+    ``obsm``: the arrays :func:`write_store` rounds (named as anndata's zarr groups)."""
+    out: list[tuple[str | None, str, np.ndarray]] = []
     if isinstance(table.X, np.ndarray) and table.X.dtype == np.float32:
-        table.X = round_mantissa(table.X, bits)
-    for mapping in (table.layers, table.obsm):
-        for name in list(mapping.keys()):
-            value = mapping[name]
+        out.append((None, "X", table.X))
+    for mapping in ("layers", "obsm"):
+        for name, value in getattr(table, mapping).items():
             if isinstance(value, np.ndarray) and value.dtype == np.float32:
-                mapping[name] = round_mantissa(value, bits)
+                out.append((mapping, name, value))
+    return out
 
 
-def _store_compact(group_path: Path, bits: int) -> None:
-    """Re-store the float32 arrays ``X``, ``layers/*`` and ``obsm/*`` of an AnnData group with
-    ``bits`` mantissa bits, bitshuffled and zstd-compressed."""
+def round_table(table, bits: int) -> None:
+    """Round the arrays of ``table`` in place as :func:`write_store` stores them (so work that
+    continues in memory after a write sees the values a later read of the store gives)."""
+    for mapping, name, value in _float32_arrays(table):
+        if mapping is None:
+            table.X = round_mantissa(value, bits)
+        else:
+            getattr(table, mapping)[name] = round_mantissa(value, bits)
+
+
+def _store_compact(group_path: Path, table, bits: int) -> None:
+    """Re-store the float32 arrays of the AnnData group of ``table`` (just written by anndata,
+    whose chunks and attributes are kept) from memory with ``bits`` mantissa bits, bitshuffled
+    and zstd-compressed."""
     group = zarr.open_group(str(group_path), mode="r+")
-    targets: list[tuple[zarr.Group, str]] = [(group, "X")]
-    for sub in ("layers", "obsm"):
-        if sub in group and isinstance(group[sub], zarr.Group):
-            targets += [(group[sub], name) for name in group[sub].array_keys()]
-    for parent, name in targets:
-        old = parent.get(name)
-        if not isinstance(old, zarr.Array) or old.dtype != np.float32:
-            continue  # sparse matrices are groups; float64 (coordinates) and others stay exact
-        data = round_mantissa(old[...], bits)
+    for mapping, name, value in _float32_arrays(table):
+        parent = group if mapping is None else group[mapping]
+        old = parent[name]
         parent.create_array(
             name,
             shape=old.shape,
@@ -292,4 +298,4 @@ def _store_compact(group_path: Path, bits: int) -> None:
             dimension_names=old.metadata.dimension_names,
             attributes=dict(old.attrs),
             overwrite=True,
-        )[...] = data
+        )[...] = round_mantissa(value, bits)

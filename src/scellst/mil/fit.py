@@ -41,7 +41,6 @@ def fit(
     scale_targets: bool | str = DEFAULTS.scale_targets,
     members: int | None = DEFAULTS.members,
     blend: str = DEFAULTS.blend,
-    start: str = DEFAULTS.start,
     slide_offsets: bool = DEFAULTS.slide_offsets,
     min_spot_counts: int = 20,
     min_gene_counts: int = 200,
@@ -155,11 +154,6 @@ def fit(
         ``"auto"`` (default): per-gene validated blend of MLP and ridge (MSE loss only);
         ``"mlp"``: the MLPs alone (sCellST); ``"ridge"``: the closed-form ridge alone (no
         network trained). Count losses always use the MLPs alone.
-    start
-        ``"ridge"``: each member's MLP adds a learned correction to its member's closed-form
-        ridge (a fixed linear term), so training starts at the linear special case and early
-        stopping keeps it when no correction helps; ``"constant"``: from each gene's typical
-        value (sCellST). MSE loss only; count losses always start constant.
     slide_offsets
         With two or more training slides (MSE loss): each slide gets its own per-gene offset
         during training, which absorbs slide-level differences (depth, batch, section) so the

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .ridge import CLIP_Z, LinearCells
+from .ridge import CLIP_Z
 
 
 class CellMLP(nn.Module):
@@ -16,10 +16,6 @@ class CellMLP(nn.Module):
     ``output="softplus"`` (sCellST: Softplus with beta 20) suits log-normalised targets;
     ``output="exp"`` predicts rates for count likelihoods, with a per-gene bias initialised at the
     log of the mean rate so training starts at the right scale.
-
-    ``base=True`` adds a fixed linear term (buffers, set by :meth:`set_base` from the member's
-    closed-form ridge) to the output layer's pre-activation: the network then learns a
-    correction to the linear model and starts exactly at it.
     """
 
     def __init__(
@@ -30,7 +26,6 @@ class CellMLP(nn.Module):
         dropout: float = 0.1,
         output: str = "softplus",
         softplus_beta: float = 20.0,
-        base: bool = False,
     ):
         super().__init__()
         if output not in ("softplus", "exp"):
@@ -44,10 +39,6 @@ class CellMLP(nn.Module):
             prev = width
         layers.append(nn.Linear(prev, n_out))
         self.net = nn.Sequential(*layers)
-        self.has_base = base
-        if base:
-            self.register_buffer("base_weight", torch.zeros(n_out, n_in))
-            self.register_buffer("base_bias", torch.zeros(n_out))
         self.output = output
         self.softplus = nn.Softplus(beta=softplus_beta)
 
@@ -55,25 +46,10 @@ class CellMLP(nn.Module):
         self.in_mean.copy_(mean)
         self.in_std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
-    def set_base(self, ridge: LinearCells) -> None:
-        """The fixed linear term: ``ridge``'s per-cell prediction, rewritten on this network's
-        standardised inputs (call after :meth:`set_input_scaling`)."""
-        # ridge(x) = ((x - m) / s) @ coef + c with x = z * in_std + in_mean
-        std = self.in_std.double().cpu().numpy()
-        mean = self.in_mean.double().cpu().numpy()
-        weight = (std / ridge.scale)[:, None] * ridge.coef
-        bias = ((mean - ridge.mean) / ridge.scale) @ ridge.coef + ridge.intercept
-        self.base_weight.copy_(torch.as_tensor(weight.T, dtype=torch.float32))
-        self.base_bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-
     def init_output(self, typical: torch.Tensor) -> None:
-        """Start from ``typical`` (per gene, in output units): zero weights, matching bias; with
-        a base, from the base alone (zero correction)."""
+        """Start from ``typical`` (per gene, in output units): zero weights, matching bias."""
         last = self.net[-1]
         nn.init.zeros_(last.weight)
-        if self.has_base:
-            nn.init.zeros_(last.bias)
-            return
         with torch.no_grad():
             if self.output == "exp":
                 last.bias.copy_(torch.log(typical.clamp_min(1e-6)))
@@ -86,5 +62,5 @@ class CellMLP(nn.Module):
         # standardised inputs; a non-finite feature counts as the training mean, and features
         # beyond CLIP_Z standard deviations are clipped (cells unlike any training cell)
         z = torch.nan_to_num((x - self.in_mean) / self.in_std, nan=0.0).clamp(-CLIP_Z, CLIP_Z)
-        z = self.net(z) + (z @ self.base_weight.T + self.base_bias if self.has_base else 0.0)
+        z = self.net(z)
         return torch.exp(z.clamp(max=30)) if self.output == "exp" else self.softplus(z)

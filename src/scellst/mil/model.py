@@ -121,7 +121,6 @@ class MILModel:
             hidden=config["hidden"],
             dropout=config["dropout"],
             output="softplus" if config["loss"] == "mse" else "exp",
-            base=config.get("start") == "ridge",
         )
 
     @classmethod
@@ -187,7 +186,7 @@ class MILModel:
             context = (
                 f"context_um={list(radii)}, context_stats={list(stats)}"
                 if radii
-                else ("context_um=0")
+                else "context_um=0"
             )
             raise ValueError(
                 f"The model expects {self.config['n_features']} features per cell "

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, fields
 LOSSES = ("mse", "nb", "poisson")
 SCALINGS = ("global", "slide", "none")
 BLENDS = ("auto", "mlp", "ridge")
-STARTS = ("ridge", "constant")
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,6 @@ class TrainingOptions:
     scale_targets: bool | str = True
     members: int | None = None
     blend: str = "auto"
-    start: str = "constant"
     slide_offsets: bool = True
     seed: int = 0
     device: str | None = None
@@ -80,8 +78,6 @@ def check_options(options: Mapping) -> None:
     target_scaling(options["scale_targets"])
     if options["blend"] not in BLENDS:
         raise ValueError(f"blend must be one of {BLENDS}, got {options['blend']!r}")
-    if options["start"] not in STARTS:
-        raise ValueError(f"start must be one of {STARTS}, got {options['start']!r}")
     members = options["members"]
     if members is not None and (
         isinstance(members, bool) or int(members) != members or members < 1

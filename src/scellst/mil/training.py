@@ -119,8 +119,6 @@ def fit_slides(
         "n_val_slides": len(val_slides),
         "n_members": len(plans),
         "blend": o["blend"] if mse else "mlp",
-        # the ridge start is a correction in MSE's output units; count losses start constant
-        "start": o["start"] if mse and o["blend"] != "ridge" else "constant",
         "slide_offsets": bool(o["slide_offsets"]) and mse,
     }
     # the first member's validation spots, per training slide (as sst.tl.evaluate takes them)
@@ -177,7 +175,7 @@ def _plain_list(values: np.ndarray) -> list:
 def fit_tensors(data: _Tensors, config: dict, *, progress: bool = False) -> MILModel:
     """Build and train one MLP on prepared tensors, with their own split (no ridge, no ensemble)."""
     pool_statistics(data, config)
-    config.update(n_members=1, blend="mlp", start="constant")
+    config.update(n_members=1, blend="mlp")
     model = _train_member(data, config, int(config["seed"]), progress, "fit")
     model.ood = _ood(data, config)
     return model
@@ -202,22 +200,13 @@ def pool_statistics(data: _Tensors, config: dict) -> None:
     config["ceiling"] = np.minimum(np.log1p(np.expm1(top) * n95), MAX_LOG_NORMALIZED).tolist()
 
 
-def _train_member(
-    data: _Tensors,
-    config: dict,
-    seed: int,
-    progress: bool,
-    desc: str,
-    base: LinearCells | None = None,
-) -> MILModel:
+def _train_member(data: _Tensors, config: dict, seed: int, progress: bool, desc: str) -> MILModel:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MILModel.build({**config, "n_members": 1})
     model.config = config
     x = data.inputs(data.cells_of(data.train_spots.cpu().numpy())[0])
     model.module.set_input_scaling(x.mean(0).cpu(), x.std(0).cpu())
-    if model.module.has_base:
-        model.module.set_base(base)
     model.module.init_output(torch.as_tensor(_typical_output(data, config)))
     model.to(data.device)
     _train(model, data, config, rng, progress, desc)
@@ -243,17 +232,14 @@ def fit_ensemble(pool: _Tensors, config: dict, plans: list[dict], *, progress: b
         data = pool.with_validation(plan["val"])
         member_config = dict(config, seed=int(config["seed"]) + k)
         desc = f"fit {k + 1}/{len(plans)} ({plan['name']})" if len(plans) > 1 else "fit"
-        needs_ridge = config["loss"] == "mse" and (blend != "mlp" or config["start"] == "ridge")
-        ridge = _fit_ridge(data, config["slide_offsets"]) if needs_ridge else None
         if blend == "ridge":  # the closed form alone: no network to train
             member = MILModel.build({**member_config, "n_members": 1})
             member.module.init_output(torch.as_tensor(_typical_output(data, member_config)))
             member_config.update(epochs_run=0, best_epoch=-1, best_loss=float("nan"))
         else:
-            member = _train_member(
-                data, member_config, member_config["seed"], progress, desc, base=ridge
-            )
-        ridge = ridge if blend != "mlp" else None
+            member = _train_member(data, member_config, member_config["seed"], progress, desc)
+        use = config["loss"] == "mse" and blend != "mlp"
+        ridge = _fit_ridge(data, config["slide_offsets"]) if use else None
         members.append(member)
         ridges.append(ridge)
         splits.append(data)
@@ -467,7 +453,7 @@ class _Tensors:
         self.logn = torch.as_tensor(np.asarray(logn, np.float32), device=device)
         self.slide = np.asarray(slide)
         self.slide_tensor = torch.as_tensor(self.slide, dtype=torch.int64, device=device)
-        self.slide_sizes = np.bincount(self.slide)
+        self.n_slides = int(self.slide.max()) + 1 if len(self.slide) else 0
         self.val = np.asarray(val, bool)
         self.train_spots = torch.as_tensor(np.flatnonzero(~self.val), device=device)
         self.val_spots = torch.as_tensor(np.flatnonzero(self.val), device=device)
@@ -622,7 +608,7 @@ def _batch_loss(
             out = out + offsets[slide]
         residual = out - data.target[spots]
         if centred:
-            residual = _centred(residual, slide, len(data.slide_sizes))
+            residual = _centred(residual, slide, data.n_slides)
         return torch.mean(residual**2)
     mu = out * data.size_factor[spots][:, None]
     if config["loss"] == "nb":
@@ -638,13 +624,15 @@ def _centred(residual: torch.Tensor, slide: torch.Tensor, n_slides: int) -> torc
     return residual - (total / count[:, None])[slide]
 
 
-def _slide_offsets(data: _Tensors, config: dict) -> torch.Tensor | None:
-    """Per-slide, per-gene offsets to train with ``slide_offsets`` (zeros), or None."""
+def _slide_offsets(data: _Tensors, config: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """With ``slide_offsets`` and two or more training slides: zero per-slide, per-gene offsets
+    to train, and the training slides (over which they are centred); else None."""
     train_slides = np.unique(data.slide[~data.val])
-    if not config.get("slide_offsets") or config["loss"] != "mse" or len(train_slides) < 2:
+    if not config.get("slide_offsets") or len(train_slides) < 2:
         return None
-    n_genes = data.target.shape[1]
-    return torch.zeros(len(data.slide_sizes), n_genes, device=data.device, requires_grad=True)
+    shape = (data.n_slides, data.target.shape[1])
+    offsets = torch.zeros(shape, device=data.device, requires_grad=True)
+    return offsets, torch.as_tensor(train_slides, device=data.device)
 
 
 def _train(
@@ -654,10 +642,10 @@ def _train(
     if model.log_theta is not None:
         params.append(model.log_theta)
     opt = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
-    raw_offsets = _slide_offsets(data, config)
-    if raw_offsets is not None:  # not decayed: a slide's offset is not a complexity to shrink
+    slide_offsets = _slide_offsets(data, config)
+    if slide_offsets is not None:  # not decayed: a slide's offset is not a complexity to shrink
+        raw_offsets, train_slides = slide_offsets
         opt.add_param_group({"params": [raw_offsets], "weight_decay": 0.0})
-        train_slides = torch.as_tensor(np.unique(data.slide[~data.val]), device=data.device)
     has_val = len(data.val_spots) > 0
     alpha = config["smoothing"]
     if alpha is None:  # few validation spots give a noisy loss: follow its trend instead
@@ -676,7 +664,7 @@ def _train(
         for start in range(0, len(order), config["batch_size"]):
             spots = order[start : start + config["batch_size"]]
             offsets = None
-            if raw_offsets is not None:  # centred over the training slides: the model keeps
+            if slide_offsets is not None:  # centred over the training slides: the model keeps
                 offsets = raw_offsets - raw_offsets[train_slides].mean(0)  # the mean level
             loss = _batch_loss(model, data, spots, config, offsets)
             opt.zero_grad()
@@ -691,7 +679,7 @@ def _train(
             with torch.no_grad():
                 value = float(
                     _batch_loss(
-                        model, data, data.val_spots, config, centred=raw_offsets is not None
+                        model, data, data.val_spots, config, centred=slide_offsets is not None
                     )
                 )
             model.history["val_loss"].append(value)
