@@ -27,7 +27,8 @@ there too, so reruns only train and score.
 
 Usage: python benchmarks/her2st_protocol.py [--shared ../shared] [--genes hvg:50]
        [--embed-kwargs '{}'] [--fit-kwargs '{}'] [--sections C2 C3 C4 C5] [--cross B4]
-       [--cnn-encoder efficientnet_lite0|none] [--cache DIR] [--torch-threads 1] [--json out]
+       [--cnn-encoder efficientnet_lite0|none] [--segment-method watershed|learned]
+       [--cache DIR] [--torch-threads 1] [--json out]
 """
 
 from __future__ import annotations
@@ -61,14 +62,16 @@ def _key(options: dict) -> str:
     return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def prepare(root: Path, name: str, embed_kwargs: dict, cache: Path) -> tuple[sd.SpatialData, dict]:
+def prepare(
+    root: Path, name: str, embed_kwargs: dict, cache: Path, method: str = "watershed"
+) -> tuple[sd.SpatialData, dict]:
     """read_hest -> segment -> assign_cells (cached store) -> embed (cached table)."""
     seconds = {}
     seg_path = cache / f"{name}_segmented.zarr"
     if not seg_path.exists():
         t = time.perf_counter()
         sdata = sst.io.read_hest(root, name)
-        sst.pp.segment(sdata, progress=False)
+        sst.pp.segment(sdata, method=method, progress=False)
         sst.pp.assign_cells(sdata)
         sst.io.write_zarr(sdata, seg_path)
         seconds["segment"] = time.perf_counter() - t
@@ -203,6 +206,7 @@ def main() -> None:
     p.add_argument("--genes", default="hvg:50", help="hvg:50 (default), hvg:250, svg:100")
     p.add_argument("--embed-kwargs", default="{}", help="JSON passed to sst.tl.embed")
     p.add_argument("--fit-kwargs", default="{}", help="JSON passed to sst.tl.fit")
+    p.add_argument("--segment-method", default="watershed", help="sst.pp.segment's method")
     p.add_argument("--cnn-encoder", default="efficientnet_lite0", help="'none' to skip")
     p.add_argument("--cache", type=Path, default=Path("/tmp/sst_her2st_cache"))
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
@@ -218,13 +222,16 @@ def main() -> None:
     root = args.shared / "data" / "her2st"
     if not root.is_dir():
         sys.exit(f"her2st data not found at {root}; pass --shared")
+    if args.segment_method != "watershed":  # its own cache (the watershed's keeps its names)
+        args.cache = args.cache / f"segment_{args.segment_method}"
     args.cache.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"machine: {machine}; load average {os.getloadavg()}; scellst {sst.__version__}")
-    print(f"genes {args.genes}; embed {embed_kwargs}; fit {fit_kwargs}", flush=True)
+    print(f"genes {args.genes}; segment {args.segment_method}; embed {embed_kwargs}; fit "
+          f"{fit_kwargs}", flush=True)  # fmt: skip
     slides, bags = {}, {}
     for name in [*args.sections, *args.cross]:
-        slides[name], seconds = prepare(root, name, embed_kwargs, args.cache)
+        slides[name], seconds = prepare(root, name, embed_kwargs, args.cache, args.segment_method)
         bags[name] = slide_bags(slides[name], **BAG_KW)
         took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) or "cached"
         print(f"{name}: {slides[name]['sst_cells_table'].n_obs} cells, {bags[name].spots.n_obs} "

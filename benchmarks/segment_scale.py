@@ -1,9 +1,10 @@
 """Throughput and peak memory of sst.pp.segment on a large lazy (dask) image.
 
 The image is a synthetic H&E patch tiled into a dask array of the requested size (nothing of
-that size is ever held in memory), segmented with the default watershed.
+that size is ever held in memory), segmented with the default watershed (``--method learned``: the shipped nucleus network).
 
 Usage: python benchmarks/segment_scale.py [--size 40960] [--patch 4096] [--tile-size 2048]
+       [--method watershed]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=40960)
     p.add_argument("--patch", type=int, default=4096)
     p.add_argument("--tile-size", type=int, default=2048)
+    p.add_argument("--method", default="watershed", help="sst.pp.segment's method")
     args = p.parse_args()
     patch = np.asarray(sst.datasets.synthetic(shape=(args.patch, args.patch), seed=0)["he"].data)
     reps = int(np.ceil(args.size / args.patch))
@@ -52,7 +54,7 @@ def main() -> None:
     r: dict = {}
     t0 = time.perf_counter()
     with measure(r, "segment"):
-        sst.pp.segment(sdata, tile_size=args.tile_size, progress=False)
+        sst.pp.segment(sdata, method=args.method, tile_size=args.tile_size, progress=False)
     n = len(sdata["sst_cells"])
     dt = time.perf_counter() - t0
     print(

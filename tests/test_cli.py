@@ -445,6 +445,19 @@ def test_segmentation_parameters_from_the_command_line(slide_store, tmp_path, ca
         assert message in capsys.readouterr().err
 
 
+def test_learned_segmentation_from_the_command_line(slide_store, tmp_path, capsys):
+    base = ["run", "--zarr", str(slide_store), "--stop-after", "segment"] + FAST
+    bad = base + ["--out", str(tmp_path / "x.zarr"), "--segment-method", "learned"]
+    assert main(bad + ["--seg-param", "threshold=0.3"]) == 2
+    assert "unknown parameter(s) threshold of the learned segmenter" in capsys.readouterr().err
+    out = tmp_path / "learned.zarr"
+    argv = base + ["--out", str(out), "--segment-method", "learned", "--seg-param",
+                   "min_area_um2=10"]  # fmt: skip
+    assert main(argv) == 0
+    info = sd.read_zarr(out)["sst_cells_table"].uns["scellst"]["segmentation"]
+    assert info["method"] == "learned" and info["params"]["min_area_um2"] == 10
+
+
 def test_context_radius_from_the_command_line(slide_store, tmp_path, capsys):
     """``--context-um``: the neighbourhood radii of the embedding (0: none), recorded, and a
     resumed run with another radius is refused like any other changed setting."""

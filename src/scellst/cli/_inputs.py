@@ -113,6 +113,15 @@ def parse_seg_params(items: list[str] | None, method: str) -> dict:
                 f"--seg-param: unknown watershed parameter(s) {', '.join(unknown)}. Valid: "
                 f"{', '.join(sorted(valid))} (sizes in µm, areas in µm²)."
             )
+    if method == "learned":
+        valid = {"path", "min_area_um2", "max_area_um2", "tissue_od", "window"}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise CLIError(
+                f"--seg-param: unknown parameter(s) {', '.join(unknown)} of the learned "
+                f"segmenter. Valid: {', '.join(sorted(valid))} (path: a model folder written by "
+                "sst.pp.train_segmenter)."
+            )
     for key, flag in _SEG_FLAGS.items():
         if key in params:
             raise CLIError(f"--seg-param {key}=...: use {flag} instead.")

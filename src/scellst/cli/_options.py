@@ -181,10 +181,11 @@ def _segmentation(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("segmentation")
     g.add_argument(
         "--segment-method",
-        choices=("watershed", "cellpose"),
+        choices=("watershed", "learned", "cellpose"),
         default="watershed",
-        help="nucleus segmentation: weight-free watershed, or cellpose 4 from local weights "
-        "(default: %(default)s)",
+        help="nucleus segmentation: weight-free watershed, the nucleus network shipped with "
+        "scellst (learned; --seg-param path=DIR for one fine-tuned by sst.pp.train_segmenter), "
+        "or cellpose 4 from local weights (default: %(default)s)",
     )
     g.add_argument(
         "--cellpose-weights",

@@ -232,6 +232,8 @@ class Pipeline:
         params = parse_seg_params(a.seg_param, a.segment_method)
         if a.segment_method == "cellpose":
             params.update(pretrained_model=a.cellpose_weights, device=self.device)
+        elif a.segment_method == "learned":
+            params.update(device=self.device)
         # finished tiles are kept until the stage is, so an interrupted segmentation resumes
         # tile by tile; tiles of one interrupted with other settings are discarded
         tiles = self.store.path / TILES_DIR

@@ -7,8 +7,17 @@ implemented here.
 
 from ..mil.assign import assign_cells
 from ..segmentation.cellpose import CellposeSegmenter
+from ..segmentation.learned import NucleusSegmenter, train_segmenter
 from ..segmentation.rasterize import rasterize_cells
 from ..segmentation.segment import segment
 from ..segmentation.watershed import WatershedParams
 
-__all__ = ["CellposeSegmenter", "WatershedParams", "assign_cells", "rasterize_cells", "segment"]
+__all__ = [
+    "CellposeSegmenter",
+    "NucleusSegmenter",
+    "WatershedParams",
+    "assign_cells",
+    "rasterize_cells",
+    "segment",
+    "train_segmenter",
+]

@@ -75,6 +75,10 @@ def segment(
     method
         ``"watershed"``: weight-free classical segmentation (hematoxylin colour deconvolution,
         top-hat, slide-wide Otsu threshold, distance-transform watershed; sizes in µm).
+        ``"learned"``: the nucleus network shipped with scellst
+        (:class:`~scellst.pp.NucleusSegmenter`, trained on DSB2018 H&E; ``params`` are its
+        arguments, e.g. ``{"path": <a model fine-tuned by sst.pp.train_segmenter>}``); a GPU
+        is used when available. See the docs' segmentation page for how it compares.
         ``"cellpose"``: cellpose 4 (:class:`~scellst.pp.CellposeSegmenter`) with local weights
         only (``params={"pretrained_model": <file>}`` or ``CELLPOSE_LOCAL_MODELS_PATH``); a GPU
         is used when available. Or a callable ``f(rgb_tile, microns_per_pixel) -> labels``
@@ -88,8 +92,8 @@ def segment(
         Name of the new shapes element; its table is ``f"{key_added}_table"``.
     params
         With ``"watershed"``: overrides of :class:`~scellst.pp.WatershedParams` (sizes in µm),
-        e.g. ``{"min_area_um2": 10, "threshold": 0.3}``. With ``"cellpose"``: arguments of
-        :class:`~scellst.pp.CellposeSegmenter`.
+        e.g. ``{"min_area_um2": 10, "threshold": 0.3}``. With ``"learned"`` / ``"cellpose"``:
+        arguments of :class:`~scellst.pp.NucleusSegmenter` / :class:`~scellst.pp.CellposeSegmenter`.
     tile_size
         Tile side in pixels, rounded up to a multiple of 4 (memory per worker is a few times ``(tile_size + 2 margin)² × 3`` bytes).
     margin_um
@@ -199,11 +203,16 @@ def _segment_image(
     shape = (int(img.sizes["y"]), int(img.sizes["x"]))
     if isinstance(method, str) and method == "cellpose":
         method, params = CellposeSegmenter(**params), {}
+    elif isinstance(method, str) and method == "learned":
+        from .learned import NucleusSegmenter  # imports torch
+
+        method, params = NucleusSegmenter(**params), {}
     if isinstance(method, str):
         if method != "watershed":
             raise ValueError(
-                f"Unknown segmentation method {method!r}: use 'watershed', 'cellpose', a callable "
-                "f(rgb_tile, microns_per_pixel) -> labels, or shapes_key=<existing shapes>."
+                f"Unknown segmentation method {method!r}: use 'watershed', 'learned', 'cellpose', "
+                "a callable f(rgb_tile, microns_per_pixel) -> labels, or "
+                "shapes_key=<existing shapes>."
             )
         unknown = set(params) - set(WatershedParams.__dataclass_fields__)
         if unknown:
@@ -227,7 +236,7 @@ def _segment_image(
             "method": getattr(method, "__name__", type(method).__name__),
             "params": dict(params),
         }
-        if isinstance(method, CellposeSegmenter):
+        if isinstance(getattr(method, "params", None), dict):  # cellpose, learned: their settings
             info.update(method=method.name, params={**params, **method.params})
     else:
         raise TypeError(f"`method` must be 'watershed' or a callable, got {type(method).__name__}.")
