@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .stains import TISSUE_OD
-from .watershed import ALIGN, tissue_mask
+from .watershed import ALIGN, WatershedParams, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class NucleusSegmenter:
         self,
         path: str | Path | None = None,
         *,
-        min_area_um2: float = 8.0,
-        max_area_um2: float = 400.0,
+        min_area_um2: float = WatershedParams.min_area_um2,
+        max_area_um2: float = WatershedParams.max_area_um2,
         tissue_od: float = TISSUE_OD,
         device: str | None = None,
         window: int = 512,
@@ -81,19 +81,30 @@ class NucleusSegmenter:
                 "write one with NucleusSegmenter.save or sst.pp.train_segmenter"
             )  # fmt: skip
             raise FileNotFoundError(f"{path} holds no {_WEIGHTS} and {_CONFIG}: {where}.")
-        self.config = json.loads(config.read_text())
-        self.path = path
-        self.net = NucleusNet(decoder_width=int(self.config.get("decoder_width", 32)))
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        self.net.load_state_dict({k: v.float() for k, v in state.items()})
-        self.device = resolve_device(device)
-        self.net.to(self.device).eval()
-        self.work_mpp = float(self.config["work_mpp"])
+        cfg = json.loads(config.read_text())
+        net = NucleusNet(decoder_width=int(cfg.get("decoder_width", 32)))
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self._setup(net, cfg, path, resolve_device(device))
         self.min_area_um2, self.max_area_um2 = float(min_area_um2), float(max_area_um2)
         self.tissue_od, self.window = float(tissue_od), int(window)
-        self.sha256 = state_sha256(self.net.state_dict())
+
+    def _setup(self, net, config: dict, path: Path, device) -> None:
+        self.config, self.path, self.device = config, path, device
+        self.net = net.to(device).eval()
+        self.work_mpp = float(config["work_mpp"])
+        self.sha256 = state_sha256(net.state_dict())
         # on the CPU the tiles run in threads, each single-threaded; a GPU takes one at a time
-        self._lock = threading.Lock() if self.device.type != "cpu" else None
+        self._lock = threading.Lock() if device.type != "cpu" else None
+
+    @classmethod
+    def _in_memory(cls, net, config: dict, device) -> NucleusSegmenter:
+        """A segmenter around a network just trained (not saved yet), with the defaults."""
+        model = cls.__new__(cls)
+        model._setup(net, config, Path(_IN_MEMORY), device)
+        model.min_area_um2 = WatershedParams.min_area_um2
+        model.max_area_um2 = WatershedParams.max_area_um2
+        model.tissue_od, model.window = TISSUE_OD, 512
+        return model
 
     @property
     def max_diameter_um(self) -> float:
@@ -117,17 +128,23 @@ class NucleusSegmenter:
             "trained_on": self.config.get("trained_on"),
         }
 
-    def probabilities(self, rgb: np.ndarray, microns_per_pixel: float) -> np.ndarray:
+    def probabilities(
+        self, rgb: np.ndarray, microns_per_pixel: float, tissue: np.ndarray | None = None
+    ) -> np.ndarray:
         """Class probabilities (background, interior, boundary) of an RGB image, at the
-        working resolution."""
+        working resolution; windows without ``tissue`` (a mask of ``rgb``) are not run."""
         from .nucleus_net import probabilities
         from .nucleus_training import resample
 
-        small = resample(np.ascontiguousarray(rgb[..., :3]), microns_per_pixel / self.work_mpp)
+        f = microns_per_pixel / self.work_mpp
+        small = resample(np.ascontiguousarray(rgb[..., :3]), f)
+        if tissue is not None:
+            tissue = _resize_labels(tissue.astype(np.uint8), small.shape[:2]).astype(bool)
+        kw = dict(window=self.window, device=self.device, mask=tissue)
         if self._lock is None:
-            return probabilities(self.net, small, window=self.window, device=self.device)
+            return probabilities(self.net, small, **kw)
         with self._lock:
-            return probabilities(self.net, small, window=self.window, device=self.device)
+            return probabilities(self.net, small, **kw)
 
     def __call__(self, rgb: np.ndarray, microns_per_pixel: float) -> np.ndarray:
         from .nucleus_net import instances
@@ -145,7 +162,7 @@ class NucleusSegmenter:
         part = rgb[y0:y1, x0:x1]
         area_px = self.work_mpp**2
         found = instances(
-            self.probabilities(part, mpp),
+            self.probabilities(part, mpp, tissue[y0:y1, x0:x1]),
             self.min_area_um2 / area_px,
             self.max_area_um2 / area_px,
         )
@@ -300,23 +317,7 @@ def train_segmenter(
     config["training"] = {**record, "n_images": len(data), "n_nuclei": n_nuclei,
                           **{k: v for k, v in vars(settings).items() if k != "steps"}}  # fmt: skip
     config.setdefault("trained_on", "user annotations")
-    model = NucleusSegmenter.__new__(NucleusSegmenter)
-    _adopt(model, net, config, dev)
-    return model
-
-
-def _adopt(model: NucleusSegmenter, net, config: dict, device) -> None:
-    """Fill a :class:`NucleusSegmenter` from a network in memory (not yet saved)."""
-    model.config, model.path, model.net = config, Path("<in memory>"), net.to(device).eval()
-    model.device, model.work_mpp = device, float(config["work_mpp"])
-    model.min_area_um2, model.max_area_um2, model.tissue_od, model.window = (
-        8.0,
-        400.0,
-        TISSUE_OD,
-        512,
-    )
-    model.sha256 = state_sha256(net.state_dict())
-    model._lock = threading.Lock() if device.type != "cpu" else None
+    return NucleusSegmenter._in_memory(net, config, dev)
 
 
 def _read_rgb(img) -> np.ndarray:
