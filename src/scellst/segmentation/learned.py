@@ -151,7 +151,7 @@ class NucleusSegmenter:
 
         mpp = float(microns_per_pixel)
         labels = np.zeros(rgb.shape[:2], np.int32)
-        tissue = tissue_mask(rgb, mpp, self.tissue_od, 5.0)
+        tissue = tissue_mask(rgb, mpp, self.tissue_od, WatershedParams.tissue_smooth_um)
         rows, cols = np.flatnonzero(tissue.any(1)), np.flatnonzero(tissue.any(0))
         if rows.size == 0:  # glass: nothing to segment
             return labels
