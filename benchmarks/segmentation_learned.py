@@ -2,6 +2,8 @@
 
 ``--monuseg``: the shipped model and the watershed on the 13 MoNuSeg training tiles (never
 trained on), per image: F1@0.5, AJI, PQ and the model's Mpx/s of the tile's own pixels.
+``--extra NAME=DIR``: other model folders scored in the same run (e.g. the stage-1 network of
+``train_nucleus_net.py --teacher-out``).
 
 ``--finetune K``: leave-images-out fine-tuning on MoNuSeg: K folds; each fold fine-tunes the
 shipped model with ``sst.pp.train_segmenter`` (``--steps``) on the other folds' tiles and
@@ -45,18 +47,20 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
-def monuseg(root: Path, out: dict) -> None:
+def monuseg(root: Path, out: dict, extra: dict[str, str]) -> None:
     rows = load_manifest(root)
     table = []
     for row in rows:
         ws = run_image(root, row, "watershed", None, None)
         ln = run_image(root, row, "learned", None, None)
         mpx = row_mpx(root, row)
-        table.append({"id": ws["id"], "watershed": ws, "learned": ln,
+        others = {k: run_image(root, row, "learned", {"path": d}, None) for k, d in extra.items()}
+        table.append({"id": ws["id"], "watershed": ws, "learned": ln, **others,
                       "learned_mpx_per_s": mpx / ln["seconds"]})  # fmt: skip
         print(f"{ws['id']}: watershed {_fmt(ws)} | learned {_fmt(ln)} "
-              f"({mpx / ln['seconds']:.2f} Mpx/s incl. reading)", flush=True)  # fmt: skip
-    for m in ("watershed", "learned"):
+              f"({mpx / ln['seconds']:.2f} Mpx/s incl. reading)"
+              + "".join(f" | {k} {_fmt(r)}" for k, r in others.items()), flush=True)  # fmt: skip
+    for m in ("watershed", "learned", *extra):
         print(
             f"mean {m}: " + _fmt({k: _mean([t[m] for t in table], k) for k in ("f1", "aji", "pq")})
         )
@@ -168,6 +172,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=SHARED)
     p.add_argument("--monuseg", action="store_true")
+    p.add_argument("--extra", nargs="*", default=[], help="NAME=DIR: more model folders")
     p.add_argument("--finetune", type=int, default=0, help="number of leave-images-out folds")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--slides", action="store_true")
@@ -181,7 +186,7 @@ def main() -> None:
     print(f"load before {os.getloadavg()}", flush=True)
     out: dict = {}
     if a.monuseg:
-        monuseg(root, out)
+        monuseg(root, out, dict(e.split("=", 1) for e in a.extra))
     if a.finetune:
         finetune(root, a.finetune, a.steps, out)
     if a.slides:

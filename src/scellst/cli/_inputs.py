@@ -114,7 +114,7 @@ def parse_seg_params(items: list[str] | None, method: str) -> dict:
                 f"{', '.join(sorted(valid))} (sizes in µm, areas in µm²)."
             )
     if method == "learned":
-        valid = {"path", "min_area_um2", "max_area_um2", "tissue_od", "window"}
+        valid = {"path", "min_area_um2", "max_area_um2", "tissue_od", "window", "precision"}
         unknown = sorted(set(params) - valid)
         if unknown:
             raise CLIError(

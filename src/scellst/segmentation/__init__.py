@@ -13,8 +13,10 @@ Modules:
   nuclei each tile owns, writes the cells;
 - ``watershed``, ``learned``, ``cellpose``: the segmenters (a callable ``(rgb tile, µm/px) ->
   labels`` with a ``max_diameter_um`` for the tile overlap); a new segmenter goes next to them;
-- ``nucleus_net``, ``nucleus_training``: the learned segmenter's network, windowed inference and
-  training loop (torch); its shipped weights are in ``weights/``;
+- ``nucleus_net``, ``nucleus_training``, ``self_training``: the learned segmenter's network,
+  windowed inference, training loop and pseudo-labels on unannotated slides (torch); its
+  shipped weights are in ``weights/``; ``resize``: images and label images to and from its
+  working resolution;
 - ``tiles``, ``checkpoint``: the tile grid, bounded-memory execution (threads or
   dask.distributed) and per-tile resume;
 - ``polygons``, ``cells``, ``rasterize``: label image -> polygons and measurements -> SpatialData
