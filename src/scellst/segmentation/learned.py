@@ -54,7 +54,8 @@ class NucleusSegmenter:
     device
         ``"cpu"``, ``"cuda"``, ... Default: CUDA when available.
     window
-        Side, in working pixels, of the windows the network is run on (memory per window).
+        Largest side, in working pixels, of the windows the network is run on (memory per
+        window). Default: :data:`~.nucleus_net.WINDOW`.
     precision
         ``"bfloat16"`` runs the network's convolutions in bfloat16 (2.1x faster on a CPU with
         AMX, the same MoNuSeg scores to 0.001), ``"float32"`` not. Default ``"auto"``:
@@ -78,7 +79,7 @@ class NucleusSegmenter:
         max_area_um2: float = WatershedParams.max_area_um2,
         tissue_od: float = TISSUE_OD,
         device: str | None = None,
-        window: int = 768,
+        window: int | None = None,
         precision: str = "auto",
     ):
         import torch
@@ -95,12 +96,14 @@ class NucleusSegmenter:
         cfg = json.loads(config.read_text())
         net = _network(cfg)
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self._setup(net, cfg, path, resolve_device(device), precision)
+        self._setup(net, cfg, path, resolve_device(device), precision, window)
         self.min_area_um2, self.max_area_um2 = float(min_area_um2), float(max_area_um2)
-        self.tissue_od, self.window = float(tissue_od), int(window)
+        self.tissue_od = float(tissue_od)
 
-    def _setup(self, net, config: dict, path: Path, device, precision: str = "auto") -> None:
-        from .nucleus_net import native_bfloat16
+    def _setup(
+        self, net, config: dict, path: Path, device, precision: str = "auto", window=None
+    ) -> None:
+        from .nucleus_net import WINDOW, native_bfloat16
 
         if precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(
@@ -109,6 +112,7 @@ class NucleusSegmenter:
         if precision == "auto":
             precision = "bfloat16" if native_bfloat16(device) else "float32"
         self.config, self.path, self.device, self.precision = config, path, device, precision
+        self.window = int(window or WINDOW)
         self.net = net.to(device).eval()
         self.work_mpp = float(config["work_mpp"])
         self.sha256 = state_sha256(net.state_dict())
@@ -122,7 +126,7 @@ class NucleusSegmenter:
         model._setup(net, config, Path(_IN_MEMORY), device)
         model.min_area_um2 = WatershedParams.min_area_um2
         model.max_area_um2 = WatershedParams.max_area_um2
-        model.tissue_od, model.window = TISSUE_OD, 768
+        model.tissue_od = TISSUE_OD
         return model
 
     @property
@@ -340,7 +344,7 @@ def train_segmenter(
         }
         lr = 1e-3
     else:
-        start = _as_segmenter(base)
+        start = _as_segmenter(base, dev)
         net = _network(start.config)
         net.load_state_dict(start.net.state_dict())
         arch = ("work_mpp", "decoder_width", "fine_width", "backbone")  # not its training record
@@ -364,11 +368,12 @@ def train_segmenter(
     if slides and (teacher is not None or base is not None):
         from .self_training import PseudoLabelSettings, pseudo_labelled
 
-        judge = _as_segmenter(base if teacher is None else teacher, dev)
+        judge = start if teacher is None else _as_segmenter(teacher, dev)
         if judge.work_mpp != config["work_mpp"]:
             raise ValueError(
                 f"The teacher works at {judge.work_mpp} µm/px and the model at "
-                f"{config['work_mpp']}: pass work_mpp={judge.work_mpp}."
+                f"{config['work_mpp']}: pass a teacher trained at {config['work_mpp']} µm/px, "
+                f"or base=None with work_mpp={judge.work_mpp}."
             )
         pseudo = pseudo_labelled(
             slides,

@@ -8,12 +8,17 @@ import numpy as np
 
 def resample(img: np.ndarray, factor: float) -> np.ndarray:
     """Resize an image by ``factor`` (area averaging when shrinking, linear when enlarging)."""
-    if abs(factor - 1.0) < 1e-6:
+    return resize_image(img, scaled_shape(img.shape, factor))
+
+
+def resize_image(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize an image to ``(y, x)`` ``shape``: area averaging when shrinking, linear when
+    enlarging."""
+    if img.shape[:2] == tuple(shape):
         return img
-    h, w = img.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    return cv2.resize(img, size, interpolation=interp)
+    shrink = shape[0] * shape[1] < img.shape[0] * img.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(img, (int(shape[1]), int(shape[0])), interpolation=interp)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
